@@ -1,0 +1,62 @@
+# tach's developer entry points. Everything heavy (virtual envs, the free-threaded
+# CPython build, Go's module and build caches) lives outside the repository, under
+# $(TACH_CACHE) and Go's own caches, and is reused when present.
+#
+#   make demo        set up and run tach on the bundled example suite
+#   make test        everything CI runs: Go checks + pytest on this CPython and on 3.13t
+#   make python-ft   build (or reuse) the free-threaded CPython
+#   make dev         editable install into the env of $(PYTHON)
+#   make ext         rebuild the Go extension in place (after `make dev`)
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+GO ?= go
+TACH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tach
+PYTEST_ARGS ?=
+# Never let a `go` command download another toolchain behind our back.
+export GOTOOLCHAIN := local
+export TACH_CACHE
+
+.PHONY: test go-check py-test py-test-ft python-ft demo dev ext clean
+
+test: go-check py-test py-test-ft
+	@echo "make test: all checks passed"
+
+go-check:
+	@unformatted=$$(gofmt -l go); if [ -n "$$unformatted" ]; then \
+		echo "gofmt: these files need formatting:"; echo "$$unformatted"; exit 1; fi
+	inc=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
+	export CGO_CFLAGS="-I$$inc"; \
+	$(GO) vet ./... && $(GO) test ./...
+
+py-test:
+	py=$$(build/venv.sh $(PYTHON)); \
+	echo "== pytest on $$($$py -c 'import sys; print(sys.version.split()[0])')"; \
+	$$py -m pytest tests $(PYTEST_ARGS)
+
+python-ft:
+	@build/python-ft.sh
+
+py-test-ft:
+	ft=$$(build/python-ft.sh); py=$$(build/venv.sh $$ft); \
+	echo "== pytest on $$($$py -c 'import sys; print(sys.version.split()[0])') (free-threaded)"; \
+	$$py -m pytest tests $(PYTEST_ARGS)
+
+demo:
+	@py=$$(build/venv.sh $(PYTHON)); \
+	$$py -m tach self-test; \
+	echo; echo "== the example suite under the engine: pytest -p tach examples/demo"; \
+	$$py -m pytest -p tach examples/demo $(PYTEST_ARGS)
+
+dev:
+	$(PYTHON) -m pip install -e .
+
+ext:
+	$(PYTHON) -c 'import sys; sys.path.insert(0, "build"); import tach_build as b; b.build_extension(b.PKG_SRC)'
+
+clean:
+	rm -f python/tach/_core*.so python/tach/_core*.h
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,147 @@
+// Command core is the CPython extension module tach._core, built with
+// -buildmode=c-shared. shim.c defines the module (multi-phase init, and the
+// Py_mod_gil slot so free-threaded CPython keeps the GIL disabled); every Python-level
+// function funnels into tachCall below with the GIL released.
+//
+// The API is deliberately coarse: bytes in, msgpack bytes out. Nothing Go-typed crosses
+// the boundary, so the shim stays small and the Python side needs only msgpack.
+//
+// This module must only ever be imported in tach's main process, after the root zygote
+// has been forked: a process with the Go runtime has extra threads, and Go cannot run in
+// a forked child (see DESIGN.md, rule 1).
+package main
+
+/*
+#include <stdlib.h>
+#include <string.h>
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"unsafe"
+
+	"github.com/tach-dev/tach/go/sysinfo"
+	"github.com/tach-dev/tach/go/wire"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// version is set by the build backend with -ldflags "-X main.version=...".
+var version = "dev"
+
+// abi is bumped whenever a method's input or output changes incompatibly; the Python
+// side refuses a mismatched extension instead of misreading it.
+const abi = 1
+
+// Method numbers; shim.c has the same list.
+const (
+	methodVersion = 0
+	methodProbe   = 1
+	methodFrames  = 2
+)
+
+// Status codes returned to the shim.
+const (
+	statusOK         = 0
+	statusError      = 1 // RuntimeError
+	statusValueError = 2 // ValueError: the caller's input was bad
+)
+
+type valueError struct{ error }
+
+func dispatch(method int, in []byte) (any, error) {
+	switch method {
+	case methodVersion:
+		return map[string]any{"tach": version, "go": runtime.Version(), "abi": abi}, nil
+	case methodProbe:
+		return sysinfo.Probe(), nil
+	case methodFrames:
+		return splitFrames(in), nil
+	}
+	return nil, valueError{fmt.Errorf("unknown method %d", method)}
+}
+
+// splitFrames decodes a stream of length-prefixed msgpack frames into a list of values;
+// a bad frame becomes {"t": "error", "error": ...} and, since framing is then lost,
+// ends the list.
+func splitFrames(stream []byte) []any {
+	r := wire.NewReader(bytesReader(stream), 0)
+	var out []any
+	for {
+		p, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err == nil {
+			var v any
+			if v, err = wire.DecodeValue(p); err == nil {
+				out = append(out, v)
+				continue
+			}
+		}
+		return append(out, map[string]any{"t": "error", "error": err.Error()})
+	}
+}
+
+type sliceReader struct{ b []byte }
+
+func bytesReader(b []byte) *sliceReader { return &sliceReader{b} }
+
+func (r *sliceReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
+
+// tachCall runs one method. On return *out holds malloc'd bytes the caller frees:
+// msgpack on statusOK, a UTF-8 message otherwise. A Go panic is turned into an error:
+// it must never unwind into CPython.
+//
+//export tachCall
+func tachCall(method C.int, in *C.char, inLen C.size_t, out **C.char, outLen *C.size_t) (status C.int) {
+	defer func() {
+		if r := recover(); r != nil {
+			status = setOut(out, outLen, []byte(fmt.Sprintf("tach._core: internal error: %v", r)), statusError)
+		}
+	}()
+	var input []byte
+	if inLen > 0 {
+		input = C.GoBytes(unsafe.Pointer(in), C.int(inLen))
+	}
+	v, err := dispatch(int(method), input)
+	if err != nil {
+		code := statusError
+		var ve valueError
+		if errors.As(err, &ve) {
+			code = statusValueError
+		}
+		return setOut(out, outLen, []byte(err.Error()), code)
+	}
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		return setOut(out, outLen, []byte("encoding result: "+err.Error()), statusError)
+	}
+	return setOut(out, outLen, b, statusOK)
+}
+
+func setOut(out **C.char, outLen *C.size_t, b []byte, status int) C.int {
+	// malloc(0) may return NULL; always allocate at least one byte.
+	p := C.malloc(C.size_t(len(b) + 1))
+	if p == nil {
+		*out, *outLen = nil, 0
+		return statusError
+	}
+	if len(b) > 0 {
+		C.memcpy(p, unsafe.Pointer(&b[0]), C.size_t(len(b)))
+	}
+	*out, *outLen = (*C.char)(p), C.size_t(len(b))
+	return C.int(status)
+}
+
+func main() {}

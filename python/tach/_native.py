@@ -1,0 +1,68 @@
+"""The one place that imports the Go extension ``tach._core`` and decodes its answers.
+
+The extension starts the Go runtime (and its threads) when imported, so it must only be
+imported in tach's main process after the root zygote has been forked (DESIGN.md, rule
+1). Importing it lazily, through :func:`core`, keeps ``import tach`` from doing so.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+from typing import Any
+
+import msgpack
+
+#: The extension ABI this Python code speaks (go/core/main.go: abi).
+ABI = 1
+
+_core: ModuleType | None = None
+
+
+class CoreUnavailable(ImportError):
+    """The Go extension is missing, broken, or from a different build of tach."""
+
+
+def core() -> ModuleType:
+    """Import ``tach._core`` on first use and check that it matches this package."""
+    global _core
+    if _core is None:
+        try:
+            from tach import _core as mod
+        except ImportError as e:
+            raise CoreUnavailable(
+                f"tach's Go extension could not be loaded for {sys.implementation.cache_tag}: {e}. "
+                "Reinstall tach for this interpreter (pip install --force-reinstall tach)."
+            ) from e
+        info = _unpack(mod.version())
+        if info.get("abi") != ABI:
+            raise CoreUnavailable(
+                f"tach._core speaks ABI {info.get('abi')}, this tach needs {ABI}: "
+                "the extension and the Python package come from different builds"
+            )
+        _core = mod
+    return _core
+
+
+def core_loaded() -> bool:
+    """Whether the Go runtime has been loaded into this process."""
+    return "tach._core" in sys.modules
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+
+def version() -> dict[str, Any]:
+    """{'tach': ..., 'go': 'go1.x', 'abi': N} from the extension."""
+    return _unpack(core().version())
+
+
+def probe() -> dict[str, Any]:
+    """Kernel release, usable CPUs and the kernel-feature probes (go/sysinfo)."""
+    return _unpack(core().probe())
+
+
+def frames(stream: bytes) -> list[Any]:
+    """Split and validate a stream of length-prefixed msgpack frames in Go."""
+    return _unpack(core().frames(stream))
