@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
@@ -29,3 +31,35 @@ def run_python(*args: str, env: dict[str, str] | None = None, timeout: float = 1
     full_env.pop("PYTHON_GIL", None)  # tests must see the interpreter's default
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd)
+
+
+def outcomes_by_test(junit_xml: os.PathLike[str] | str) -> dict[str, str]:
+    """Per-test outcome from a junitxml file: passed, failed, error, skipped.
+
+    A test with an error in teardown after a pass appears twice in junitxml (pytest
+    records both); "error" wins, as in the terminal summary.
+    """
+    import xml.etree.ElementTree as ET
+
+    out: dict[str, str] = {}
+    for case in ET.parse(junit_xml).getroot().iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}.get(
+            kinds[0] if kinds else "", "passed")
+        if "error" in kinds:
+            outcome = "error"
+        if out.get(name) == "error":
+            continue
+        out[name] = outcome
+    return out
+
+
+def run_both(pytester: pytest.Pytester, *args: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Run the suite in pytester's dir under plain pytest and under tach; return the
+    per-test outcomes of each."""
+    plain = pytester.path / "plain.xml"
+    tached = pytester.path / "tach.xml"
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--junitxml={plain}", *args)
+    pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", f"--junitxml={tached}", *args)
+    return outcomes_by_test(plain), outcomes_by_test(tached)

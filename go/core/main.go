@@ -22,8 +22,11 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"sync"
+	"time"
 	"unsafe"
 
+	"github.com/tach-dev/tach/go/supervisor"
 	"github.com/tach-dev/tach/go/sysinfo"
 	"github.com/tach-dev/tach/go/wire"
 	"github.com/vmihailenco/msgpack/v5"
@@ -41,6 +44,9 @@ const (
 	methodVersion = 0
 	methodProbe   = 1
 	methodFrames  = 2
+	methodStart   = 3
+	methodPoll    = 4
+	methodStop    = 5
 )
 
 // Status codes returned to the shim.
@@ -60,6 +66,12 @@ func dispatch(method int, in []byte) (any, error) {
 		return sysinfo.Probe(), nil
 	case methodFrames:
 		return splitFrames(in), nil
+	case methodStart:
+		return nil, startSupervisor(in)
+	case methodPoll:
+		return pollSupervisor(in)
+	case methodStop:
+		return nil, stopSupervisor(in)
 	}
 	return nil, valueError{fmt.Errorf("unknown method %d", method)}
 }
@@ -84,6 +96,81 @@ func splitFrames(stream []byte) []any {
 		}
 		return append(out, map[string]any{"t": "error", "error": err.Error()})
 	}
+}
+
+// One engine run at a time per process; pytester's in-process runs are sequential.
+var (
+	supMu sync.Mutex
+	sup   *supervisor.Supervisor
+)
+
+func startSupervisor(in []byte) error {
+	var cfg supervisor.Config
+	if err := msgpack.Unmarshal(in, &cfg); err != nil {
+		return valueError{fmt.Errorf("decoding start config: %w", err)}
+	}
+	supMu.Lock()
+	defer supMu.Unlock()
+	if sup != nil {
+		return errors.New("an engine run is already in progress in this process")
+	}
+	s, err := supervisor.Start(cfg)
+	if err != nil {
+		return fmt.Errorf("starting the supervisor: %w", err)
+	}
+	sup = s
+	return nil
+}
+
+func current() (*supervisor.Supervisor, error) {
+	supMu.Lock()
+	defer supMu.Unlock()
+	if sup == nil {
+		return nil, valueError{errors.New("no engine run in progress")}
+	}
+	return sup, nil
+}
+
+// pollSupervisor waits up to timeout_ms (capped at 100 ms, so that the caller's thread
+// returns to Python often enough for Ctrl-C to be raised) for events.
+func pollSupervisor(in []byte) (any, error) {
+	var req struct {
+		TimeoutMS int `msgpack:"timeout_ms"`
+	}
+	if err := msgpack.Unmarshal(in, &req); err != nil {
+		return nil, valueError{fmt.Errorf("decoding poll request: %w", err)}
+	}
+	s, err := current()
+	if err != nil {
+		return nil, err
+	}
+	if req.TimeoutMS < 0 || req.TimeoutMS > 100 {
+		req.TimeoutMS = 100
+	}
+	evs, ended := s.Poll(time.Duration(req.TimeoutMS) * time.Millisecond)
+	if ended {
+		supMu.Lock()
+		if sup == s {
+			sup = nil
+		}
+		supMu.Unlock()
+	}
+	return evs, nil
+}
+
+func stopSupervisor(in []byte) error {
+	var req struct {
+		Kill bool `msgpack:"kill"`
+	}
+	if err := msgpack.Unmarshal(in, &req); err != nil {
+		return valueError{fmt.Errorf("decoding stop request: %w", err)}
+	}
+	s, err := current()
+	if err != nil {
+		return err
+	}
+	s.Stop(req.Kill)
+	return nil
 }
 
 type sliceReader struct{ b []byte }

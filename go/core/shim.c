@@ -15,7 +15,10 @@
 #include "_cgo_export.h"
 
 /* Method numbers: keep in step with main.go. */
-enum { METHOD_VERSION = 0, METHOD_PROBE = 1, METHOD_FRAMES = 2 };
+enum {
+    METHOD_VERSION = 0, METHOD_PROBE = 1, METHOD_FRAMES = 2,
+    METHOD_START = 3, METHOD_POLL = 4, METHOD_STOP = 5,
+};
 
 static PyObject *
 call_go(int method, const char *in, Py_ssize_t in_len)
@@ -57,17 +60,42 @@ core_probe(PyObject *module, PyObject *unused)
     return call_go(METHOD_PROBE, NULL, 0);
 }
 
+/* A method taking one bytes-like argument (msgpack for the engine methods). */
 static PyObject *
-core_frames(PyObject *module, PyObject *arg)
+call_go_buffer(int method, PyObject *arg)
 {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     /* The exported buffer cannot be resized while we hold it, so Go may copy it
      * with the GIL released. */
-    PyObject *res = call_go(METHOD_FRAMES, view.buf, view.len);
+    PyObject *res = call_go(method, view.buf, view.len);
     PyBuffer_Release(&view);
     return res;
+}
+
+static PyObject *
+core_frames(PyObject *module, PyObject *arg)
+{
+    return call_go_buffer(METHOD_FRAMES, arg);
+}
+
+static PyObject *
+core_start(PyObject *module, PyObject *arg)
+{
+    return call_go_buffer(METHOD_START, arg);
+}
+
+static PyObject *
+core_poll(PyObject *module, PyObject *arg)
+{
+    return call_go_buffer(METHOD_POLL, arg);
+}
+
+static PyObject *
+core_stop(PyObject *module, PyObject *arg)
+{
+    return call_go_buffer(METHOD_STOP, arg);
 }
 
 static PyMethodDef core_methods[] = {
@@ -80,6 +108,15 @@ static PyMethodDef core_methods[] = {
      "frames(stream: bytes) -> bytes\n\nSplit a stream of 4-byte-length-prefixed msgpack "
      "frames with the supervisor's validating decoder; msgpack list of the decoded values, "
      "a bad frame as {'t': 'error', 'error': ...} at the end."},
+    {"start", core_start, METH_O,
+     "start(config: bytes) -> bytes\n\nStart supervising a root zygote (msgpack config: "
+     "listen_fd, root_pid, workers, kill_grace, tests)."},
+    {"poll", core_poll, METH_O,
+     "poll(request: bytes) -> bytes\n\nWait up to request['timeout_ms'] (<= 100) for events; "
+     "msgpack list of events, the last of a run being {'t': 'end'}."},
+    {"stop", core_stop, METH_O,
+     "stop(request: bytes) -> bytes\n\nStop dispatching; with request['kill'], kill every "
+     "process of the run."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -105,10 +105,11 @@ const (
 	Map
 	List
 	Any
+	Number // int or float
 )
 
 func (k Kind) String() string {
-	return [...]string{"string", "int", "bytes", "bool", "map", "list", "any"}[k]
+	return [...]string{"string", "int", "bytes", "bool", "map", "list", "any", "number"}[k]
 }
 
 func (k Kind) matches(v any) bool {
@@ -134,6 +135,12 @@ func (k Kind) matches(v any) bool {
 	case List:
 		_, ok := v.([]any)
 		return ok
+	case Number:
+		switch v.(type) {
+		case int64, uint64, float64:
+			return true
+		}
+		return false
 	}
 	return true
 }

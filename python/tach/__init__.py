@@ -1,11 +1,27 @@
 """tach: run a pytest suite through forked zygotes, isolated, in parallel, crash-proof.
 
 Activate it per run with ``pytest -p tach``; installing the package does not turn it on.
-The pytest hooks live in :mod:`tach.plugin`; this module stays import-light so that
-``python -m tach`` and ``-p tach`` cost nothing until they are used.
+``-p tach`` registers this module as the plugin, so the hooks (defined in
+:mod:`tach.plugin`) are re-exported here: ``-p no:tach`` then blocks all of them.
 """
 
 __version__ = "0.1.0"
 
-# `-p tach` registers this module as a plugin; pytest then loads the hooks from here.
-pytest_plugins = ["tach.plugin"]
+from tach.plugin import (  # noqa: E402 - after __version__, which plugin.py reads
+    pytest_addoption,
+    pytest_configure,
+    pytest_report_header,
+    pytest_runtestloop,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
+
+__all__ = [
+    "__version__",
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_report_header",
+    "pytest_runtestloop",
+    "pytest_sessionfinish",
+    "pytest_terminal_summary",
+]

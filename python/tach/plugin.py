@@ -1,16 +1,101 @@
-"""pytest hooks of tach (activated with ``pytest -p tach``).
-
-The zygote engine is not in this build yet: tests run in-process, exactly as with plain
-pytest, and the session header says so.
-"""
+"""pytest hooks of tach (activated with ``pytest -p tach``)."""
 
 from __future__ import annotations
 
 import pytest
 
 import tach
+from tach import options
+from tach.engine import RunResult
+
+_SETTINGS = pytest.StashKey[options.Settings]()
+_FORWARDER = pytest.StashKey["object"]()
+_RESULT = pytest.StashKey[RunResult]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.addoption(parser)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    settings = options.settings(config)  # raises UsageError on a bad value
+    if config.getoption("usepdb", False) and settings.workers > 1:
+        # One test at a time, so the debugger owns the terminal.
+        settings = options.Settings(1, settings.isolate, settings.timeout, settings.report)
+    config.stash[_SETTINGS] = settings
+    config.addinivalue_line("markers", "timeout(seconds): tach's per-test deadline "
+                            "(when pytest-timeout is not installed)")
+    from tach.zygote import Forwarder
+
+    fw = Forwarder(config)
+    config.stash[_FORWARDER] = fw
+    config.pluginmanager.register(fw, "tach-forwarder")
+
+
+def _engine_active(config: pytest.Config) -> bool:
+    s = config.stash.get(_SETTINGS, None)
+    return s is not None and s.workers > 0 and not config.option.collectonly
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return (f"tach {tach.__version__}: the zygote engine is not in this build yet; "
-            "tests run in-process as with plain pytest")
+    s = config.stash[_SETTINGS]
+    if s.workers == 0:
+        return f"tach {tach.__version__}: --tach-workers 0, tests run in-process"
+    timeout = f", timeout {s.timeout:g}s" if s.timeout else ""
+    return f"tach {tach.__version__}: {s.workers} workers, isolate={s.isolate}{timeout}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    config = session.config
+    if not _engine_active(config):
+        return None
+    # As pytest's own loop: collection errors stop the run before any test.
+    if session.testsfailed and not config.option.continue_on_collection_errors:
+        raise session.Interrupted(
+            "%d error%s during collection" % (session.testsfailed, "s" if session.testsfailed != 1 else ""))
+    from tach import engine
+
+    config.stash[_RESULT] = engine.run(session, config.stash[_SETTINGS], config.stash[_FORWARDER])
+    if session.shouldfail:
+        raise session.Failed(session.shouldfail)
+    if session.shouldstop:
+        raise session.Interrupted(session.shouldstop)
+    return True
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Put the summary sections in collection order.
+
+    Tests finish in whatever order concurrency gives; the terminal reporter lists
+    failures, errors and warnings in the order it saw them. Its summary is printed after
+    this hook (its own sessionfinish wraps ours), so sorting its stats here makes the
+    summary read as in a sequential run.
+    """
+    if session.config.stash.get(_RESULT, None) is None:
+        return
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None:
+        return
+    order = {item.nodeid: i for i, item in enumerate(session.items)}
+    for reports in tr.stats.values():
+        if isinstance(reports, list):
+            reports.sort(key=lambda r: order.get(getattr(r, "nodeid", None), -1))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    config = terminalreporter.config
+    result = config.stash.get(_RESULT, None)
+    if result is None or not config.stash[_SETTINGS].report or not result.stats:
+        return
+    tr = terminalreporter
+    tr.write_sep("=", "tach report")
+    slow = sorted(result.stats, key=lambda s: s.wall, reverse=True)[:10]
+    tr.write_line("slowest tests (wall / cpu / max rss):")
+    for st in slow:
+        tr.write_line(f"  {st.wall:8.3f}s {st.cpu:8.3f}s {st.maxrss_kb / 1024:8.1f} MiB  {st.nodeid}")
+    hungry = sorted(result.stats, key=lambda s: s.maxrss_kb, reverse=True)[:10]
+    tr.write_line("most memory-hungry tests (max rss / wall):")
+    for st in hungry:
+        tr.write_line(f"  {st.maxrss_kb / 1024:8.1f} MiB {st.wall:8.3f}s  {st.nodeid}")

@@ -1,0 +1,206 @@
+"""The main process's side of a run: fork the root zygote, hand the run to the Go
+supervisor, and replay each finished test into pytest's hooks.
+
+This loop is deliberately thin: scheduling, deadlines, kills and crash classification
+live in Go (go/supervisor, go/sched); here we only translate between the collected
+session and the supervisor's events.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import pytest
+
+from tach import plan, replay, zygote
+from tach.options import Settings
+
+DURATIONS_KEY = "tach/durations"
+
+
+@dataclass
+class TestStats:
+    nodeid: str
+    wall: float
+    cpu: float
+    maxrss_kb: int
+    outcome: str
+
+
+@dataclass
+class RunResult:
+    stats: list[TestStats] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _private_dir() -> str:
+    """A 0700 directory for the socket; its path must fit in sun_path (108 bytes)."""
+    d = tempfile.mkdtemp(prefix="tach-")
+    if len(os.path.join(d, "s")) > 100:
+        shutil.rmtree(d)
+        d = tempfile.mkdtemp(prefix="tach-", dir="/tmp")
+    return d
+
+
+def _timeout_for(item: pytest.Item, settings: Settings, honour_marker: bool) -> float:
+    if honour_marker:
+        m = item.get_closest_marker("timeout")
+        if m is not None:
+            value = m.args[0] if m.args else m.kwargs.get("timeout")
+            try:
+                return max(float(value), 0.0)
+            except (TypeError, ValueError):
+                pass
+    return settings.timeout
+
+
+class _Terminate(Exception):
+    pass
+
+
+def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder) -> RunResult:
+    """Run session.items through the engine. Raises KeyboardInterrupt on Ctrl-C/SIGTERM."""
+    config = session.config
+    items = list(session.items)
+    result = RunResult()
+    if not items:
+        return result
+    levels = plan.plan(items)
+    # Children must never clean up each other's temp dirs: create the base now.
+    tmp_factory = getattr(config, "_tmp_path_factory", None)
+    if tmp_factory is not None:
+        tmp_factory.getbasetemp()
+    history: dict[str, float] = (cache.get(DURATIONS_KEY, {}) if (cache := getattr(config, "cache", None)) else {})
+    honour_timeout_marker = not config.pluginmanager.hasplugin("timeout")
+
+    private = _private_dir()
+    sock_path = os.path.join(private, "s")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    listener.listen(128)
+    ctx = zygote.Context(session=session, items=items, levels=levels, sock_path=sock_path,
+                         fault_dir=private, forwarder=forwarder)
+    # Flush before forking: buffered output would otherwise be written twice.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    root = zygote.start_root(ctx)
+    listen_fd = os.dup(listener.fileno())
+    listener.close()
+
+    # Only now, with the root zygote forked, does the Go runtime enter this process.
+    from tach import _native
+
+    try:
+        core = _native.core()
+    except BaseException:
+        _kill_root(root)
+        os.close(listen_fd)
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+    tests = [{
+        "nodeid": item.nodeid,
+        "chain": [lv.key for lv in levels[i]],
+        "duration": float(history.get(item.nodeid, 0.0)),
+        "timeout": _timeout_for(item, settings, honour_timeout_marker),
+    } for i, item in enumerate(items)]
+    try:
+        core.start(msgpack.packb({"listen_fd": listen_fd, "root_pid": root,
+                                  "workers": settings.workers, "kill_grace": 1.0, "tests": tests}))
+    except BaseException:
+        _kill_root(root)
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+
+    stopping = False
+    old_term = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, on_term)
+    interrupted: BaseException | None = None
+    poll_req = msgpack.packb({"timeout_ms": 100})
+    try:
+        ended = False
+        while not ended:
+            try:
+                events = msgpack.unpackb(core.poll(poll_req), raw=False)
+            except KeyboardInterrupt as e:
+                interrupted = e
+                core.stop(msgpack.packb({"kill": True}))
+                stopping = True
+                continue
+            for ev in events or []:
+                t = ev.get("t")
+                if t == "end":
+                    ended = True
+                elif t == "note":
+                    result.notes.append(ev["msg"])
+                    if config.option.verbose > 0:
+                        tr = config.pluginmanager.get_plugin("terminalreporter")
+                        if tr is not None:
+                            tr.write_line(f"tach: {ev['msg']}")
+                elif t == "test" and not stopping:
+                    i = ev["idx"]
+                    replay.replay(config, items[i], ev, private)
+                    result.stats.append(TestStats(items[i].nodeid, float(ev.get("wall_s", 0.0)),
+                                                  float(ev.get("cpu_s", 0.0)),
+                                                  int(ev.get("maxrss_kb", 0)), ev["outcome"]))
+                    if session.shouldfail or session.shouldstop:
+                        core.stop(msgpack.packb({"kill": True}))
+                        stopping = True
+    except KeyboardInterrupt as e:
+        # A second Ctrl-C while draining: kill and stop waiting.
+        interrupted = e
+        try:
+            core.stop(msgpack.packb({"kill": True}))
+        finally:
+            _drain(core, poll_req, deadline=time.monotonic() + 5)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        shutil.rmtree(private, ignore_errors=True)
+        _save_durations(config, history, result)
+    if interrupted is not None:
+        raise KeyboardInterrupt() from None
+    return result
+
+
+def _kill_root(root: int) -> None:
+    """Kill the root zygote's process group (the whole run) and reap the root."""
+    for target in (-root, root):
+        try:
+            os.kill(target, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        os.waitpid(root, 0)
+    except ChildProcessError:
+        pass
+
+
+def _drain(core: Any, req: bytes, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            events = msgpack.unpackb(core.poll(req), raw=False)
+        except (ValueError, KeyboardInterrupt):
+            return
+        if any(ev.get("t") == "end" for ev in events or []):
+            return
+
+
+def _save_durations(config: pytest.Config, history: dict[str, float], result: RunResult) -> None:
+    cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
+    if cache is None or not result.stats:
+        return
+    for st in result.stats:
+        history[st.nodeid] = round(st.wall, 4)
+    cache.set(DURATIONS_KEY, history)

@@ -1,0 +1,118 @@
+"""Which zygotes each test needs: the fork tree, derived from pytest's collection tree.
+
+For every item this computes a chain of *levels*, outermost first. A level is one zygote:
+it stands for a scope node (the session, a package, a module, a class) and, when that
+scope has parametrized fixtures, one set of parameter values. A zygote pushes its scope's
+collectors onto pytest's SetupState and sets up the fixtures of its scope that its tests
+need, once; every test forked from it inherits them.
+
+Levels exist only where a scope owns fixtures the item uses (plus the session level,
+always), so a module without module-scoped fixtures costs no zygote: its tests fork from
+the session zygote and set their module up themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import pytest
+from _pytest import nodes
+
+_SCOPE_RANK = {"session": 0, "package": 1, "module": 2, "class": 3, "function": 4}
+
+
+@dataclass
+class Level:
+    """One zygote in an item's chain."""
+
+    key: str
+    #: collectors this zygote pushes onto the SetupState (those between its parent
+    #: level's node, exclusive, and its own node, inclusive)
+    push: list[nodes.Node]
+    #: fixture names (in the item's setup order) this zygote sets up for the item
+    fixtures: list[str] = field(default_factory=list)
+    #: whether the level is the parameter-specific half of a scope
+    parametrized: bool = False
+
+
+def _fixturedefs(item: pytest.Item) -> dict[str, Any] | None:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None or not hasattr(item, "_request"):
+        return None  # doctests and custom items set up their own fixtures in the test process
+    return info.name2fixturedefs
+
+
+def _scope_node(item: pytest.Item, fixturedef: Any) -> nodes.Node | None:
+    scope = fixturedef.scope
+    if scope == "session":
+        return item.session
+    if scope == "package":
+        try:
+            from _pytest.fixtures import get_scope_package
+
+            pkg = get_scope_package(item, fixturedef)
+        except Exception:
+            pkg = None
+        return pkg if pkg is not None else item.session
+    if scope == "module":
+        return item.getparent(pytest.Module)
+    if scope == "class":
+        return item.getparent(pytest.Class)
+    return None
+
+
+def _depends_on(name: str, targets: set[str], defs: dict[str, Any], seen: set[str]) -> bool:
+    if name in targets:
+        return True
+    if name in seen or name not in defs:
+        return False
+    seen.add(name)
+    return any(_depends_on(dep, targets, defs, seen) for dep in defs[name][-1].argnames)
+
+
+def chain(item: pytest.Item) -> list[Level]:
+    """The zygote levels item needs, outermost (the session) first."""
+    chain_nodes = item.listchain()
+    session = chain_nodes[0]
+    defs = _fixturedefs(item)
+    by_node: dict[nodes.Node, list[str]] = {}
+    if defs:
+        for name in item.fixturenames:
+            fds = defs.get(name)
+            if not fds:
+                continue  # "request" and other pseudo-fixtures
+            fd = fds[-1]
+            if _SCOPE_RANK.get(fd.scope, 4) >= 4:
+                continue
+            node = _scope_node(item, fd)
+            if node is None or node not in chain_nodes:
+                node = session
+            by_node.setdefault(node, []).append(name)
+    callspec = getattr(item, "callspec", None)
+    levels: list[Level] = []
+    pushed_upto = 0
+    for depth, node in enumerate(chain_nodes[:-1]):
+        names = by_node.get(node)
+        if node is not session and not names:
+            continue
+        names = names or []
+        push = list(chain_nodes[pushed_upto:depth + 1])
+        pushed_upto = depth + 1
+        params = sorted(n for n in names if callspec is not None and n in callspec.indices)
+        base_key = "session" if node is session else f"{type(node).__name__}:{node.nodeid}"
+        parent_key = levels[-1].key + " > " if levels else ""
+        if not params:
+            levels.append(Level(parent_key + base_key, push, names))
+            continue
+        targets = set(params)
+        dependent = [n for n in names if _depends_on(n, targets, defs or {}, set())]
+        base = [n for n in names if n not in dependent]
+        levels.append(Level(parent_key + base_key, push, base))
+        pkey = ",".join(f"{n}={callspec.indices[n]}" for n in params)
+        levels.append(Level(f"{levels[-1].key}[{pkey}]", [], dependent, parametrized=True))
+    return levels
+
+
+def plan(items: Sequence[pytest.Item]) -> list[list[Level]]:
+    return [chain(item) for item in items]

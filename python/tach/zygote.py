@@ -1,0 +1,494 @@
+"""The forked side of the engine: zygotes and test processes. Pure Python, no Go.
+
+Every process here is a fork of pytest's main process taken right after collection, so
+the whole collected session (items, fixture definitions, plugins) is already in memory.
+
+* The **root zygote** is forked by the main process. It never runs a test; it forks
+  session-level zygotes when the supervisor asks.
+* A **scope zygote** pushes its scope's collectors onto pytest's SetupState, sets up the
+  fixtures of its scope that its tests need (once), and forks a process per test or a
+  child zygote per narrower scope. Its last unit of work runs *in place*: it runs its last
+  test itself (or becomes its last child zygote), so its scope is torn down by pytest's
+  own teardown of that test, exactly as in a plain run.
+* A **test process** runs ``item.ihook.pytest_runtest_protocol`` for one item, with a
+  stand-in ``nextitem`` that makes pytest tear down only what the test set up itself.
+
+Each process talks to the supervisor over its own connection to a unix socket in a
+private (0700) directory; zygotes reap their children and report how they ended.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import faulthandler
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from _pytest.outcomes import TEST_OUTCOME
+
+from tach import frames
+from tach.plan import Level
+
+PR_SET_PDEATHSIG = 1
+SOCKET_DEADLINE = 30.0  # seconds a blocking send to the supervisor may take
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+class Forwarder:
+    """Registered in the main process before the first fork (so no process re-registers
+    plugins: that would rebuild hook callers and dirty memory in every test process).
+    Inert where ``sock`` is None, i.e. everywhere but in a test process."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.sock: socket.socket | None = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.sock is None:
+            return
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        frames.send(self.sock, {"t": "report", "data": data})
+
+    def pytest_warning_recorded(self, warning_message: Any, when: str, nodeid: str,
+                                location: Any) -> None:
+        if self.sock is None:
+            return
+        from tach.replay import serialize_warning
+
+        frames.send(self.sock, {"t": "warning", "data": {
+            "warning": serialize_warning(warning_message), "when": when, "nodeid": nodeid,
+            "location": list(location) if location else None}})
+
+
+@dataclass
+class Context:
+    """What every forked process inherits from the main process."""
+
+    session: pytest.Session
+    items: list[pytest.Item]
+    levels: list[list[Level]]
+    sock_path: str
+    fault_dir: str
+    forwarder: Forwarder
+    root_pgid: int = 0
+
+
+class _ScopeEnd:
+    """Stands in for pytest's ``nextitem``: its chain is exactly the collectors a zygote
+    holds, so ``SetupState.teardown_exact(nextitem)`` tears down only what lies below
+    them (the test itself, and collectors no zygote owns)."""
+
+    def __init__(self, chain: list[Any]) -> None:
+        self._chain = chain
+        self.nodeid = chain[-1].nodeid if chain else ""
+        self.session = chain[0] if chain else None
+
+    def listchain(self) -> list[Any]:
+        return [*self._chain, self]
+
+
+def fork() -> int:
+    # Python >= 3.12 warns when a process with threads forks (a fixture may have started
+    # one). Forking is what tach is for; a user's -W error must not make it fail.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def _die_with_parent(parent: int) -> None:
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(70)
+
+
+def _connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(SOCKET_DEADLINE)
+    s.connect(path)
+    return s
+
+
+def _restart_capture(config: pytest.Config) -> None:
+    """Give this process capture files of its own.
+
+    After fork, pytest's global capture still points at temp files shared with the
+    parent (same file descriptions, same offsets): concurrent test processes would read
+    and truncate each other's output. Drop them without reading and start fresh ones,
+    left suspended as pytest keeps them between tests.
+    """
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None or getattr(capman, "_global_capturing", None) is None:
+        return
+    capman._global_capturing.stop_capturing()
+    capman._global_capturing = None
+    capman.start_global_capturing()
+    capman.suspend_global_capture()
+
+
+class Zygote:
+    """The loop of one zygote process (the root, or a scope zygote)."""
+
+    def __init__(self, ctx: Context, conn: socket.socket, zid: int, depth: int) -> None:
+        self.ctx = ctx
+        self.conn = conn
+        self.zid = zid
+        self.depth = depth  # how many levels of each item's chain this process holds
+        self.base_stack: list[Any] = []  # SetupState before this zygote pushed its nodes
+        self.children: dict[int, int] = {}  # pidfd -> pid
+        self.pending_out = ""  # captured fixture output owed to the next test forked
+        self.pending_err = ""
+        self.level_fixtures: set[tuple[int, str]] = set()  # (item index, name) set up here
+
+    # -- plumbing -----------------------------------------------------------------
+    def send(self, msg: dict[str, Any]) -> None:
+        frames.send(self.conn, msg)
+
+    def serve(self) -> None:
+        """Handle commands until told to exit or until this process's work is done."""
+        poller = select.poll()
+        poller.register(self.conn.fileno(), select.POLLIN)
+        registered = {self.conn.fileno()}
+        self.conn.settimeout(None)
+        while True:
+            for fd in list(self.children):
+                if fd not in registered:
+                    poller.register(fd, select.POLLIN)
+                    registered.add(fd)
+            try:
+                ready = poller.poll()
+            except InterruptedError:
+                continue
+            for fd, _ in ready:
+                if fd == self.conn.fileno():
+                    msg = frames.recv(self.conn)
+                    if msg is None:  # the supervisor is gone
+                        os._exit(0)
+                    self.command(msg)
+                elif fd in self.children:
+                    poller.unregister(fd)
+                    registered.discard(fd)
+                    self.reap(fd)
+
+    def reap(self, pidfd: int) -> None:
+        pid = self.children.pop(pidfd)
+        os.close(pidfd)
+        try:
+            _, status, ru = os.wait4(pid, 0)
+        except ChildProcessError:
+            return
+        self.send({"t": "exited", "pid": pid, "status": status, "maxrss": ru.ru_maxrss,
+                   "utime": ru.ru_utime, "stime": ru.ru_stime})
+
+    def reap_all(self) -> None:
+        for fd in list(self.children):
+            self.reap(fd)
+
+    def command(self, msg: dict[str, Any]) -> None:
+        t = msg.get("t")
+        if t == "run":
+            self.run(int(msg["test"]), bool(msg["inplace"]))
+        elif t == "spawn":
+            self.spawn(int(msg["id"]), [int(i) for i in msg["tests"]], bool(msg["inplace"]))
+        elif t == "exit":
+            self.reap_all()
+            os._exit(0)
+
+    # -- fixtures -----------------------------------------------------------------
+    def setup_fixtures(self, tests: list[int]) -> None:
+        """Set up the fixtures of this zygote's own level that these tests need.
+
+        A fixture that raises is cached by pytest with its exception; each test that
+        needs it gets the same error at setup, as in a plain run. Output is captured as
+        pytest would during the first test's setup and handed to the next test forked.
+        """
+        if self.depth == 0:
+            return
+        capman = self.ctx.session.config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            capman.resume_global_capture()
+        try:
+            for i in tests:
+                levels = self.ctx.levels[i]
+                if self.depth > len(levels):
+                    continue
+                item = self.ctx.items[i]
+                for name in levels[self.depth - 1].fixtures:
+                    if (i, name) in self.level_fixtures:
+                        continue
+                    self.level_fixtures.add((i, name))
+                    # pytest >= 9 asks that the requesting item be active (on the
+                    # SetupState stack); it is, for the length of this request. Only
+                    # higher-scoped fixtures are requested here, and they register
+                    # their finalizers on their own scope nodes, not on the item.
+                    stack = self.ctx.session._setupstate.stack
+                    stack[item] = ([], None)
+                    try:
+                        item._request.getfixturevalue(name)
+                    except TEST_OUTCOME:
+                        pass  # pytest cached the error: the test's own setup re-raises it
+                    finally:
+                        stack.pop(item, None)
+        finally:
+            if capman is not None:
+                capman.suspend_global_capture()
+                out, err = capman.read_global_capture()
+                self.pending_out += out
+                self.pending_err += err
+
+    def push_level(self, tests: list[int]) -> None:
+        """Push the collectors of the level this zygote now stands for."""
+        setupstate = self.ctx.session._setupstate
+        levels = self.ctx.levels[tests[0]]
+        for col in levels[self.depth - 1].push:
+            if col in setupstate.stack:
+                continue
+            setupstate.stack[col] = ([col.teardown], None)
+            try:
+                col.setup()
+            except TEST_OUTCOME as exc:  # as SetupState.setup: re-raised for each test
+                setupstate.stack[col] = (setupstate.stack[col][0], _stack_exc(exc))
+
+    # -- commands -----------------------------------------------------------------
+    def spawn(self, child: int, tests: list[int], inplace: bool) -> None:
+        self.setup_fixtures(tests)
+        if inplace:
+            self.zid = child
+            self.depth += 1
+            self.level_fixtures = set()
+            self.push_level(tests)
+            self.send({"t": "ready", "id": child})
+            return
+        pid = fork()
+        if pid == 0:
+            try:
+                conn = self.enter_child()
+                z = Zygote(self.ctx, conn, child, self.depth + 1)
+                # What this process holds beyond its parent is what its last test tears
+                # down: everything pushed from here on, across in-place hand-overs.
+                z.base_stack = list(self.ctx.session._setupstate.stack)
+                z.pending_out, z.pending_err = self.pending_out, self.pending_err
+                frames.send(conn, {"t": "hello", "role": "zygote", "id": child, "pid": os.getpid()})
+                z.push_level(tests)
+                z.send({"t": "ready", "id": child})
+                z.serve()
+            except BaseException:  # noqa: BLE001 - last resort: say why, then die
+                _report_fatal(self.ctx, child)
+            os._exit(0)
+        self.pending_out = self.pending_err = ""
+        self.track(pid)
+        self.send({"t": "forked", "kind": "zygote", "id": child, "pid": pid})
+
+    def run(self, index: int, inplace: bool) -> None:
+        self.setup_fixtures([index])
+        try:
+            tconn = _connect(self.ctx.sock_path)
+            frames.send(tconn, {"t": "hello", "role": "test", "id": index, "pid": os.getpid()})
+        except OSError as e:
+            self.send({"t": "fail", "test": index, "message": f"connecting to the supervisor: {e}"})
+            return
+        if inplace:
+            nextitem = _ScopeEnd(self.base_stack) if self.base_stack else None
+            self.reap_all()
+            TestProcess(self.ctx, index, tconn, self.pending_out, self.pending_err).run(nextitem)
+            self.finish_parametrized_level(index)
+            os._exit(0)
+        try:
+            pid = fork()
+        except OSError as e:
+            tconn.close()
+            self.send({"t": "fail", "test": index, "message": f"fork failed: {e}"})
+            return
+        if pid == 0:
+            try:
+                self.enter_child(keep=tconn)
+                stack = list(self.ctx.session._setupstate.stack)
+                TestProcess(self.ctx, index, tconn, self.pending_out, self.pending_err).run(
+                    _ScopeEnd(stack) if stack else None)
+            except BaseException:  # noqa: BLE001
+                _report_fatal(self.ctx, None, index)
+            os._exit(0)
+        tconn.close()
+        self.pending_out = self.pending_err = ""
+        self.track(pid)
+        self.send({"t": "forked", "kind": "test", "id": index, "pid": pid})
+
+    def finish_parametrized_level(self, index: int) -> None:
+        """Tear down what a forked parameter-value zygote set up.
+
+        Its last test's teardown stops at the scope node, which the base zygote of that
+        scope owns; the parametrized fixtures' finalizers are registered on that node
+        too (pytest registers ``partial(fixturedef.finish, request=subrequest)``). Run
+        exactly those, newest first. Errors have no test left to land on: print them.
+        """
+        levels = self.ctx.levels[index]
+        if self.depth == 0 or not levels[self.depth - 1].parametrized:
+            return
+        defs = self.ctx.items[index]._fixtureinfo.name2fixturedefs
+        mine = {id(defs[name][-1]) for name in levels[self.depth - 1].fixtures if name in defs}
+        for finalizers, _ in self.ctx.session._setupstate.stack.values():
+            for fin in reversed(list(finalizers)):
+                owner = getattr(getattr(fin, "func", None), "__self__", None)
+                if id(owner) in mine and getattr(fin.func, "__name__", "") == "finish":
+                    finalizers.remove(fin)
+                    try:
+                        fin()
+                    except Exception:  # noqa: BLE001
+                        traceback.print_exc()
+
+    def track(self, pid: int) -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            # Without a pidfd (kernel < 5.3) we wait for the child now: correct, serial.
+            _, status, ru = os.wait4(pid, 0)
+            self.send({"t": "exited", "pid": pid, "status": status, "maxrss": ru.ru_maxrss,
+                       "utime": ru.ru_utime, "stime": ru.ru_stime})
+            return
+        self.children[fd] = pid
+
+    def enter_child(self, keep: socket.socket | None = None) -> socket.socket:
+        """Common setup right after fork in a child of this zygote."""
+        parent = os.getppid()
+        _die_with_parent(parent)
+        for fd in self.children:
+            os.close(fd)
+        self.children.clear()
+        self.conn.close()
+        _restart_capture(self.ctx.session.config)
+        if keep is not None:
+            return keep
+        return _connect(self.ctx.sock_path)
+
+
+def _stack_exc(exc: BaseException) -> Any:
+    """The form in which pytest's SetupState keeps a collector's setup error.
+
+    It changed across pytest versions (the exception; later (exception, traceback)), so
+    let pytest's own SetupState.setup store it and take what it stored.
+    """
+    from _pytest.runner import SetupState
+
+    class Raiser:
+        def listchain(self) -> list[Any]:
+            return [self]
+
+        def setup(self) -> None:
+            raise exc
+
+        def teardown(self) -> None:
+            pass
+
+    state, raiser = SetupState(), Raiser()
+    try:
+        state.setup(raiser)  # type: ignore[arg-type]
+    except BaseException:  # noqa: BLE001 - exc itself
+        pass
+    return state.stack[raiser][1]
+
+
+class TestProcess:
+    """Runs one test's pytest protocol and sends its reports."""
+
+    def __init__(self, ctx: Context, index: int, conn: socket.socket, out: str, err: str) -> None:
+        self.ctx = ctx
+        self.index = index
+        self.conn = conn
+        self.pending = (out, err)
+
+    def run(self, nextitem: Any) -> None:
+        ctx = self.ctx
+        fault = os.open(os.path.join(ctx.fault_dir, f"{self.index}.tb"),
+                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        faulthandler.enable(file=fault, all_threads=True)
+        faulthandler.register(signal.SIGUSR1, file=fault, all_threads=True, chain=False)
+        out, err = self.pending
+        if out or err:
+            # Output of the zygote's fixture setup for this test: into this test's
+            # capture, so it shows as captured setup output like in a plain run.
+            capman = ctx.session.config.pluginmanager.getplugin("capturemanager")
+            if capman is not None:
+                capman.resume_global_capture()
+            sys.stdout.write(out)
+            sys.stderr.write(err)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if capman is not None:
+                capman.suspend_global_capture()
+        ctx.forwarder.sock = self.conn
+        item = ctx.items[self.index]
+        try:
+            item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        except BaseException:  # noqa: BLE001 - pytest.exit(), internal errors
+            os.write(fault, traceback.format_exc().encode())
+            raise
+        frames.send(self.conn, {"t": "done"})
+        self.conn.close()
+
+
+def _report_fatal(ctx: Context, zid: int | None, test: int | None = None) -> None:
+    """An exception escaped a forked process's main code: write it where the main
+    process will look for it, then let the caller exit."""
+    text = traceback.format_exc()
+    try:
+        if test is not None:
+            path = os.path.join(ctx.fault_dir, f"{test}.tb")
+            with open(path, "a") as f:
+                f.write(text)
+        sys.stderr.write(f"tach: internal error in a forked process:\n{text}")
+    finally:
+        os._exit(1)
+
+
+def start_root(ctx: Context) -> int:
+    """Fork the root zygote. Returns its pid in the main process; never returns in it."""
+    main_pid = os.getpid()
+    pid = fork()
+    if pid:
+        try:
+            os.setpgid(pid, pid)
+        except OSError as e:  # the child got there first, or already exited
+            if e.errno not in (errno.EACCES, errno.ESRCH):
+                raise
+        return pid
+    try:
+        try:
+            os.setpgid(0, 0)  # own process group: one kill reaches the whole run
+        except OSError:
+            pass
+        _die_with_parent(main_pid)
+        config = ctx.session.config
+        # The main process alone talks to the terminal: replayed reports are written
+        # there; here the terminal reporter would print every test a second time. It is
+        # silenced rather than unregistered: plugins reach it through
+        # config.get_terminal_writer(), and unregistering rebuilds hook callers.
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            from _pytest._io import TerminalWriter
+
+            tr._tw = TerminalWriter(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+        _restart_capture(config)
+        conn = _connect(ctx.sock_path)
+        frames.send(conn, {"t": "hello", "role": "zygote", "id": 0, "pid": os.getpid()})
+        Zygote(ctx, conn, 0, 0).serve()
+    except BaseException:  # noqa: BLE001
+        _report_fatal(ctx, 0)
+    os._exit(0)
