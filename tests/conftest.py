@@ -55,11 +55,13 @@ def outcomes_by_test(junit_xml: os.PathLike[str] | str) -> dict[str, str]:
     return out
 
 
-def run_both(pytester: pytest.Pytester, *args: str) -> tuple[dict[str, str], dict[str, str]]:
+def run_both(pytester: pytest.Pytester, *args: str,
+             tach_args: tuple[str, ...] = ()) -> tuple[dict[str, str], dict[str, str]]:
     """Run the suite in pytester's dir under plain pytest and under tach; return the
     per-test outcomes of each."""
     plain = pytester.path / "plain.xml"
     tached = pytester.path / "tach.xml"
     pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--junitxml={plain}", *args)
-    pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", f"--junitxml={tached}", *args)
+    pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", f"--junitxml={tached}",
+                                  *tach_args, *args)
     return outcomes_by_test(plain), outcomes_by_test(tached)

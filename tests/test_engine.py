@@ -15,6 +15,8 @@ import pytest
 
 from conftest import outcomes_by_test, run_both
 
+MODES = ["test", "module", "none"]
+
 def test_option_errors_name_the_option_and_allowed_values(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_x(): pass")
     r = pytester.runpytest_subprocess("-p", "tach", "--tach-workers", "-3")
@@ -88,8 +90,10 @@ SCOPES = """
 """
 
 
-def test_fixture_scopes_are_set_up_once_and_torn_down_once(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_fixture_scopes_are_set_up_once_and_torn_down_once(pytester: pytest.Pytester, mode: str) -> None:
     pytester.makeconftest(SCOPES)
+    isolated = mode == "test"
     for m in ("a", "b"):
         pytester.makepyfile(**{f"test_{m}": f"""
             import pytest
@@ -103,15 +107,18 @@ def test_fixture_scopes_are_set_up_once_and_torn_down_once(pytester: pytest.Pyte
 
             @pytest.mark.parametrize("i", range(5))
             def test_mutates(mod, i):
-                assert mod["items"] == [1, 2, 3], "a sibling's mutation leaked"
-                assert STATE == [], "a sibling's module global leaked"
+                if {isolated}:
+                    assert mod["items"] == [1, 2, 3], "a sibling's mutation leaked"
+                    assert STATE == [], "a sibling's module global leaked"
+                else:  # one process runs the module's tests in order, as plain pytest
+                    assert mod["items"] == [1, 2, 3] + list(range(i))
                 mod["items"].append(i)
                 STATE.append(i)
 
             def test_plain(sess):
                 assert sess == [1, 2, 3]
         """})
-    r = pytester.runpytest_subprocess("-p", "tach", "--tach-workers", "2")
+    r = pytester.runpytest_subprocess("-p", "tach", "--tach-workers", "2", "--tach-isolate", mode)
     r.assert_outcomes(passed=12)
     log = (pytester.path / "log.txt").read_text().split()
     assert log.count("session-setup") == 1 and log.count("session-teardown") == 1
@@ -121,7 +128,8 @@ def test_fixture_scopes_are_set_up_once_and_torn_down_once(pytester: pytest.Pyte
     assert log[0] == "session-setup" and log[-1] == "session-teardown"
 
 
-def test_parametrized_module_fixture_gets_one_zygote_per_value(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_parametrized_module_fixture_set_up_once_per_value(pytester: pytest.Pytester, mode: str) -> None:
     pytester.makeconftest(SCOPES)
     pytester.makepyfile("""
         import pytest
@@ -136,7 +144,7 @@ def test_parametrized_module_fixture_gets_one_zygote_per_value(pytester: pytest.
         def test_uses(backend, n):
             assert backend in ("x", "y")
     """)
-    r = pytester.runpytest_subprocess("-p", "tach", "--tach-workers", "2")
+    r = pytester.runpytest_subprocess("-p", "tach", "--tach-workers", "2", "--tach-isolate", mode)
     r.assert_outcomes(passed=6)
     log = (pytester.path / "log.txt").read_text().split()
     assert sorted(log) == sorted(["session-setup", "setup-x", "teardown-x", "setup-y",
@@ -161,10 +169,12 @@ CRASHERS = """
 """
 
 
-def test_crashes_are_contained_and_reported(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_crashes_are_contained_and_reported(pytester: pytest.Pytester, mode: str) -> None:
     pytester.makepyfile(test_crash=CRASHERS)
     xml = pytester.path / "out.xml"
-    r = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", f"--junitxml={xml}")
+    r = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", f"--junitxml={xml}",
+                                      "--tach-isolate", mode)
     outcomes = outcomes_by_test(xml)
     assert outcomes == {
         "test_crash::test_ok": "passed", "test_crash::test_ok_too": "passed",
@@ -188,6 +198,22 @@ def test_crashes_are_contained_and_reported(pytester: pytest.Pytester) -> None:
     assert "Timeout (>1s) in 'test_crash.py::test_hangs'" in out
     assert "in test_hangs" in out  # the stack dumped before the kill
     assert r.ret == pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.mark.parametrize("mode", ["module", "none"])
+def test_crash_mid_module_replaces_the_runner(pytester: pytest.Pytester, mode: str) -> None:
+    pytester.makepyfile("""
+        import os, pytest
+        @pytest.mark.parametrize("i", range(6))
+        def test_x(i):
+            if i == 2:
+                os._exit(9)
+    """)
+    xml = pytester.path / "out.xml"
+    r = pytester.runpytest_subprocess("-p", "tach", "--tach-isolate", mode, f"--junitxml={xml}")
+    outcomes = outcomes_by_test(xml)
+    assert sorted(outcomes.values()) == ["failed"] + ["passed"] * 5, outcomes
+    r.stdout.fnmatch_lines(["*crashed while running*test_x?2?*", "*exited with code 9*"])
 
 
 def test_zygote_crash_fails_its_tests_and_the_run_goes_on(pytester: pytest.Pytester) -> None:
@@ -346,7 +372,8 @@ def test_selection_options_apply(pytester: pytest.Pytester) -> None:
     r.assert_outcomes(failed=1)
 
 
-def test_reporting_matches_plain_pytest(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_reporting_matches_plain_pytest(pytester: pytest.Pytester, mode: str) -> None:
     pytester.makepyfile("""
         import logging, warnings, pytest
         def test_out(record_property):
@@ -363,7 +390,7 @@ def test_reporting_matches_plain_pytest(pytester: pytest.Pytester) -> None:
     """)
     args = ("-rA", "-p", "no:cacheprovider", "--durations=3")
     plain = pytester.runpytest_subprocess(*args)
-    tached = pytester.runpytest_subprocess("-p", "tach", *args)
+    tached = pytester.runpytest_subprocess("-p", "tach", "--tach-isolate", mode, *args)
     for r in (plain, tached):
         r.stdout.fnmatch_lines([
             "*Captured stdout call*", "to stdout", "*Captured log call*", "*a log line*",
@@ -377,7 +404,8 @@ def test_reporting_matches_plain_pytest(pytester: pytest.Pytester) -> None:
     assert 'name="answer" value="42"' in text
 
 
-def test_outcomes_identical_to_plain_pytest_on_scenarios(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_outcomes_identical_to_plain_pytest_on_scenarios(pytester: pytest.Pytester, mode: str) -> None:
     pytester.makeconftest("""
         import pytest
         @pytest.fixture(scope="session", autouse=True)
@@ -438,7 +466,7 @@ def test_outcomes_identical_to_plain_pytest_on_scenarios(pytester: pytest.Pytest
             3
             '''
     """)
-    plain, tached = run_both(pytester, "--doctest-modules")
+    plain, tached = run_both(pytester, "--doctest-modules", tach_args=("--tach-isolate", mode))
     assert len(plain) >= 17
     assert tached == plain
 

@@ -1,18 +1,25 @@
-// Package sched decides what the zygote tree does next: which test to fork, which
-// scope zygote to create, and when a zygote may turn into its last child in place.
+// Package sched decides what the zygote tree does next: which scope zygote to fork,
+// which batch of tests a runner process takes, and when a unit of work is a zygote's
+// last (final) one.
 //
 // It is pure bookkeeping — no processes, no I/O — so every policy here is unit-tested.
 //
 // The model mirrors pytest's collection tree. The root zygote (a fork of the collected
 // session) has one child per session-level key; each zygote has an ordered list of
-// units: tests that run in a process forked from it, and child zygotes for narrower
-// scopes (package, module, class) or other parameter values of a higher-scoped fixture.
-// Units run longest-first (by durations of earlier runs; collection order when unknown).
+// units: batches of tests, run by a runner process forked from it, and child zygotes
+// for narrower scopes (package, module, class) or other parameter values of a
+// higher-scoped fixture. Units run longest-first (by durations of earlier runs;
+// collection order when unknown); a batch's tests run in collection order.
 //
-// The last unit of every zygote but the root runs in place: the zygote process itself
-// runs its last test (or becomes its last child zygote) once every other unit is done.
-// That is what makes teardown match pytest: the scope's fixtures are torn down by the
-// same process, right after the last test, and a teardown error lands on that test.
+// A zygote's last unit is dispatched only when every other one is done, and marked
+// Final: the last test it runs tears down the zygote's scope (and, if the zygote was
+// itself its parent's final unit, the parent's), right after itself, so teardown
+// happens once and a teardown error lands on that test, as in a plain pytest run.
+//
+// Runners are either one-shot (a fresh process per batch: --tach-isolate test and
+// module) or persistent (--tach-isolate none: a runner takes batch after batch from
+// its zygote until none is left). A runner that dies mid-batch has the tests it did not
+// start put back at the front of its zygote's queue.
 package sched
 
 import "sort"
@@ -24,6 +31,9 @@ type Test struct {
 	Chain []string
 	// Duration is the estimate from earlier runs in seconds; 0 when unknown.
 	Duration float64
+	// Batch groups tests of one zygote that a single runner runs in order ("" runs
+	// the test on its own).
+	Batch string
 }
 
 // Kind of an Action.
@@ -31,19 +41,21 @@ type Kind int
 
 // Action kinds.
 const (
-	RunTest Kind = iota // zygote Zygote forks (or, InPlace, runs) test Test
-	Spawn               // zygote Zygote forks (or, InPlace, becomes) zygote Child
+	Spawn  Kind = iota // zygote Zygote forks zygote Child
+	Run                // zygote Zygote forks runner Runner for Tests
+	Assign             // idle persistent runner Runner takes Tests
+	Retire             // idle persistent runner Runner exits
 )
 
-// Action is one command for one zygote.
+// Action is one command.
 type Action struct {
-	Kind    Kind
-	Zygote  int    // the zygote that acts
-	Test    int    // RunTest: index of the test
-	Child   int    // Spawn: id of the new zygote
-	Key     string // Spawn: its key
-	Tests   []int  // Spawn: every test the new zygote will run (for fixture setup)
-	InPlace bool
+	Kind   Kind
+	Zygote int
+	Child  int    // Spawn
+	Key    string // Spawn
+	Runner int    // Run, Assign, Retire
+	Tests  []int  // Spawn: every test under the new zygote; Run/Assign: the batch
+	Final  bool   // the zygote's last unit
 }
 
 type state int
@@ -52,16 +64,14 @@ const (
 	unborn   state = iota
 	spawning       // told to spawn, not ready yet
 	ready
-	handedOver // became its last child in place; the child carries on in this process
 	exited
 )
 
 type unit struct {
-	test   int // -1 for a zygote unit
-	child  *Zygote
+	child  *Zygote // nil for a batch
+	tests  []int
 	weight float64
 	first  int // collection position of its first test: tie-breaker
-	done   bool
 }
 
 // Zygote is one node of the zygote tree.
@@ -69,79 +79,105 @@ type Zygote struct {
 	ID     int
 	Key    string
 	Parent *Zygote
-	units  []*unit
-	next   int // units before next have been started
-	active int // started units not yet done
+	queue  []*unit // units not started, in dispatch order
+	active int     // started units not done
 	state  state
 	serial bool
-	tests  []int // every test under this zygote, collection order
+	tests  []int     // every test under this zygote, collection order
+	kids   []*Zygote // child zygotes, creation order
+	final  bool      // its last unit has been dispatched
+	told   bool      // reported by Drained
 }
 
-// Scheduler tracks the tree and the concurrency limit.
+// Runner is a process that runs batches of tests for one zygote.
+type Runner struct {
+	ID         int
+	Zygote     *Zygote
+	Persistent bool
+	batch      []int // tests of the current batch not yet done
+	final      bool
+	alive      bool
+}
+
+// Scheduler tracks the tree, the runners and the concurrency limit.
 type Scheduler struct {
-	limit    int
-	busy     int // running tests + zygotes setting up
-	zygotes  []*Zygote
-	testZyg  []*Zygote // test index -> its zygote
-	testUnit []*unit
-	started  []bool
-	left     int // tests neither done nor lost
-	stopped  bool
+	limit      int
+	persistent bool
+	busy       int // processes counted against the limit
+	zygotes    []*Zygote
+	runners    []*Runner
+	testZyg    []*Zygote
+	testRunner []*Runner
+	done       []bool
+	left       int
+	stopped    bool
 }
 
-// New builds the tree for tests (indexed as given) with at most limit tests running
-// (and zygotes setting up) at once.
-func New(tests []Test, limit int) *Scheduler {
+// New builds the tree for tests. At most limit runners (and zygotes setting up) are
+// alive at once; persistent selects --tach-isolate none's long-lived runners.
+func New(tests []Test, limit int, persistent bool) *Scheduler {
 	if limit < 1 {
 		limit = 1
 	}
-	s := &Scheduler{limit: limit, left: len(tests),
-		testZyg: make([]*Zygote, len(tests)), testUnit: make([]*unit, len(tests)), started: make([]bool, len(tests))}
-	root := &Zygote{ID: 0, Key: "", state: unborn}
+	s := &Scheduler{limit: limit, persistent: persistent, left: len(tests),
+		testZyg: make([]*Zygote, len(tests)), testRunner: make([]*Runner, len(tests)), done: make([]bool, len(tests))}
+	root := &Zygote{ID: 0}
 	s.zygotes = append(s.zygotes, root)
-	byKey := map[*Zygote]map[string]*Zygote{}
+	kids := map[*Zygote]map[string]*Zygote{}
+	batches := map[*Zygote]map[string]*unit{}
 	for i, t := range tests {
 		z := root
 		z.tests = append(z.tests, i)
 		for _, key := range t.Chain {
-			kids := byKey[z]
-			if kids == nil {
-				kids = map[string]*Zygote{}
-				byKey[z] = kids
+			if kids[z] == nil {
+				kids[z] = map[string]*Zygote{}
 			}
-			c, ok := kids[key]
+			c, ok := kids[z][key]
 			if !ok {
 				c = &Zygote{ID: len(s.zygotes), Key: key, Parent: z}
 				s.zygotes = append(s.zygotes, c)
-				kids[key] = c
-				z.units = append(z.units, &unit{test: -1, child: c, first: i})
+				z.kids = append(z.kids, c)
+				kids[z][key] = c
+				z.queue = append(z.queue, &unit{child: c, first: i})
 			}
 			z = c
 			z.tests = append(z.tests, i)
 		}
-		u := &unit{test: i, weight: t.Duration, first: i}
-		z.units = append(z.units, u)
 		s.testZyg[i] = z
-		s.testUnit[i] = u
+		if t.Batch != "" {
+			if batches[z] == nil {
+				batches[z] = map[string]*unit{}
+			}
+			if u, ok := batches[z][t.Batch]; ok {
+				u.tests = append(u.tests, i)
+				u.weight += t.Duration
+				continue
+			}
+			u := &unit{tests: []int{i}, weight: t.Duration, first: i}
+			batches[z][t.Batch] = u
+			z.queue = append(z.queue, u)
+			continue
+		}
+		z.queue = append(z.queue, &unit{tests: []int{i}, weight: t.Duration, first: i})
 	}
 	weigh(root)
 	return s
 }
 
-// weigh orders every zygote's units longest-first and returns the subtree's weight.
+// weigh orders every zygote's queue longest-first and returns the subtree's weight.
 func weigh(z *Zygote) float64 {
 	total := 0.0
-	for _, u := range z.units {
+	for _, u := range z.queue {
 		if u.child != nil {
 			u.weight = weigh(u.child)
 		}
 		total += u.weight
 	}
-	sort.SliceStable(z.units, func(i, j int) bool {
-		if z.units[i].weight != z.units[j].weight {
-			return z.units[i].weight > z.units[j].weight
+	sort.SliceStable(z.queue, func(i, j int) bool {
+		if z.queue[i].weight != z.queue[j].weight {
+			return z.queue[i].weight > z.queue[j].weight
 		}
-		return z.units[i].first < z.units[j].first
+		return z.queue[i].first < z.queue[j].first
 	})
 	return total
 }
@@ -154,21 +190,21 @@ func (s *Scheduler) Zygote(id int) *Zygote {
 	return s.zygotes[id]
 }
 
-// TestsUnder returns every test index under zygote id.
-func (s *Scheduler) TestsUnder(id int) []int {
-	if z := s.Zygote(id); z != nil {
-		return z.tests
-	}
-	return nil
-}
-
 // ZygoteOf returns the id of the zygote test i runs under.
 func (s *Scheduler) ZygoteOf(i int) int { return s.testZyg[i].ID }
 
-// Left is the number of tests neither finished nor lost.
+// RunnerOf returns the runner test i was given to, or -1.
+func (s *Scheduler) RunnerOf(i int) int {
+	if r := s.testRunner[i]; r != nil {
+		return r.ID
+	}
+	return -1
+}
+
+// Left is the number of tests not yet done (finished or lost).
 func (s *Scheduler) Left() int { return s.left }
 
-// Busy is the number of slots in use.
+// Busy is the number of processes counted against the limit.
 func (s *Scheduler) Busy() int { return s.busy }
 
 // RootReady records that the root zygote is up.
@@ -176,132 +212,244 @@ func (s *Scheduler) RootReady() { s.zygotes[0].state = ready }
 
 // Ready records that zygote id has set itself up and accepts commands.
 func (s *Scheduler) Ready(id int) {
-	z := s.Zygote(id)
-	if z == nil || z.state != spawning {
-		return
+	if z := s.Zygote(id); z != nil && z.state == spawning {
+		z.state = ready
+		s.busy--
 	}
-	z.state = ready
-	s.busy--
 }
 
-// SetSerial makes zygote id run one child at a time from now on.
+// SetSerial makes zygote id run one unit at a time from now on.
 func (s *Scheduler) SetSerial(id int) {
 	if z := s.Zygote(id); z != nil {
 		z.serial = true
 	}
 }
 
-// Stop ends dispatching: Next returns nothing from now on.
+// Stop ends dispatching: Next returns only retirements from now on.
 func (s *Scheduler) Stop() { s.stopped = true }
 
 // Next returns the actions that can start now, marking them started.
 func (s *Scheduler) Next() []Action {
 	var out []Action
-	for !s.stopped && s.busy < s.limit {
+	for _, r := range s.runners {
+		if r.alive && r.Persistent && len(r.batch) == 0 && (s.stopped || !s.hasWork(r.Zygote)) {
+			// Nothing left that this runner could take: let it go.
+			r.alive = false
+			s.busy--
+			out = append(out, Action{Kind: Retire, Zygote: r.Zygote.ID, Runner: r.ID})
+		}
+	}
+	if s.stopped {
+		return out
+	}
+	for {
 		a, ok := s.find(s.zygotes[0])
 		if !ok {
-			break
+			return out
 		}
 		out = append(out, a)
+	}
+}
+
+// Drained returns the zygotes (never the root) whose last unit is done: they have
+// nothing left to do and may exit. Each is returned once.
+func (s *Scheduler) Drained() []int {
+	var out []int
+	for _, z := range s.zygotes[1:] {
+		if z.state == ready && z.final && z.active == 0 && len(z.queue) == 0 && !z.told {
+			z.told = true
+			out = append(out, z.ID)
+		}
 	}
 	return out
 }
 
+// hasWork reports whether z still has queued units of its own.
+func (s *Scheduler) hasWork(z *Zygote) bool { return z.state == ready && len(z.queue) > 0 }
+
+func (s *Scheduler) idleRunner(z *Zygote) *Runner {
+	for _, r := range s.runners {
+		if r.alive && r.Persistent && r.Zygote == z && len(r.batch) == 0 {
+			return r
+		}
+	}
+	return nil
+}
+
 func (s *Scheduler) find(z *Zygote) (Action, bool) {
-	// A zygote that handed over runs nothing itself, but its successor lives under it.
-	if z.state != ready && z.state != handedOver {
+	if z.state != ready {
 		return Action{}, false
 	}
 	// Work inside zygotes already started comes first: it keeps few zygotes alive.
-	for _, u := range z.units[:z.next] {
-		if u.child != nil && !u.done {
-			if a, ok := s.find(u.child); ok {
-				return a, true
-			}
+	for _, c := range z.kids {
+		if a, ok := s.find(c); ok {
+			return a, true
 		}
 	}
-	if z.state != ready || z.next >= len(z.units) {
+	if len(z.queue) == 0 {
 		return Action{}, false
 	}
-	final := z.next == len(z.units)-1 && z.Parent != nil
+	final := len(z.queue) == 1 && z.Parent != nil
 	if (z.serial || final) && z.active > 0 {
 		return Action{}, false
 	}
-	u := z.units[z.next]
-	z.next++
+	u := z.queue[0]
+	var idle *Runner
+	if u.child == nil && s.persistent {
+		idle = s.idleRunner(z)
+	}
+	if idle == nil && s.busy >= s.limit {
+		return Action{}, false
+	}
+	z.queue = z.queue[1:]
 	z.active++
+	z.final = final
+	switch {
+	case u.child != nil:
+		s.busy++
+		u.child.state = spawning
+		return Action{Kind: Spawn, Zygote: z.ID, Child: u.child.ID, Key: u.child.Key,
+			Tests: u.child.tests, Final: final}, true
+	case idle != nil:
+		idle.batch, idle.final = append([]int(nil), u.tests...), final
+		s.claim(idle)
+		return Action{Kind: Assign, Zygote: z.ID, Runner: idle.ID, Tests: u.tests, Final: final}, true
+	}
 	s.busy++
-	if u.child == nil {
-		s.started[u.test] = true
-		return Action{Kind: RunTest, Zygote: z.ID, Test: u.test, InPlace: final}, true
+	r := &Runner{ID: len(s.runners), Zygote: z, Persistent: s.persistent,
+		batch: append([]int(nil), u.tests...), final: final, alive: true}
+	s.runners = append(s.runners, r)
+	s.claim(r)
+	return Action{Kind: Run, Zygote: z.ID, Runner: r.ID, Tests: u.tests, Final: final}, true
+}
+
+func (s *Scheduler) claim(r *Runner) {
+	for _, i := range r.batch {
+		s.testRunner[i] = r
 	}
-	c := u.child
-	c.state = spawning
-	if final {
-		z.state = handedOver
-	}
-	return Action{Kind: Spawn, Zygote: z.ID, Child: c.ID, Key: c.Key, Tests: c.tests, InPlace: final}, true
 }
 
 // TestDone records that test i finished (in whatever way).
 func (s *Scheduler) TestDone(i int) {
-	u := s.testUnit[i]
-	if u.done {
+	if s.done[i] {
 		return
 	}
-	u.done = true
+	s.done[i] = true
 	s.left--
-	if s.started[i] {
-		s.busy--
-		s.testZyg[i].active--
+	r := s.testRunner[i]
+	if r == nil {
+		return
+	}
+	for k, t := range r.batch {
+		if t == i {
+			r.batch = append(r.batch[:k], r.batch[k+1:]...)
+			break
+		}
+	}
+	if len(r.batch) == 0 {
+		s.batchDone(r)
 	}
 }
 
-// Exited records that the process of zygote id ended (normally or not). A zygote that
-// handed over in place ends with its successor, so pass the deepest zygote the process
-// had become. It returns the tests that had not finished and now never will: the
-// caller reports them as lost.
-func (s *Scheduler) Exited(id int) (lost []int) {
-	z := s.Zygote(id)
-	if z == nil || z.state == exited {
+// batchDone closes r's batch: its unit is done; a one-shot runner stops counting.
+func (s *Scheduler) batchDone(r *Runner) {
+	r.Zygote.active--
+	if !r.Persistent && r.alive {
+		r.alive = false
+		s.busy--
+	}
+}
+
+// RunnerExited records the end of runner id's process (the caller has already
+// finished the test it was running). With requeue, tests of its batch it had not
+// started go back to the front of its zygote's queue, for a fresh runner; without
+// (a runner that died before starting anything would be replaced forever), they are
+// done. Either way it returns them.
+func (s *Scheduler) RunnerExited(id int, requeue bool) (rest []int) {
+	if id < 0 || id >= len(s.runners) {
 		return nil
 	}
-	for ; z != nil; z = z.Parent {
-		lost = append(lost, s.kill(z)...)
-		p := z.Parent
-		if p == nil {
-			break
-		}
-		for _, u := range p.units {
-			if u.child == z && !u.done {
-				u.done = true
-				p.active--
+	r := s.runners[id]
+	if len(r.batch) > 0 {
+		rest = append(rest, r.batch...)
+		r.batch = nil
+		z := r.Zygote
+		z.active--
+		switch {
+		case requeue && z.state == ready && !s.stopped:
+			z.queue = append([]*unit{{tests: rest, first: rest[0]}}, z.queue...)
+			for _, i := range rest {
+				s.testRunner[i] = nil
 			}
-		}
-		if p.state != handedOver {
-			break
+		case !requeue:
+			for _, i := range rest {
+				if !s.done[i] {
+					s.done[i] = true
+					s.left--
+				}
+			}
+		default:
+			rest = nil // the zygote is gone or the run stops: ZygoteExited reports them
 		}
 	}
-	return lost
+	if r.alive {
+		r.alive = false
+		s.busy--
+	}
+	return rest
 }
 
-// kill marks z and everything under it exited and returns its unfinished tests.
-func (s *Scheduler) kill(z *Zygote) (lost []int) {
+// ZygoteExited records that the process of zygote id ended. It returns the tests that
+// had not finished and now never will (the caller reports them as lost), and the
+// runners that died with it.
+func (s *Scheduler) ZygoteExited(id int) (lost []int, runners []int) {
+	z := s.Zygote(id)
+	if z == nil || z.state == exited {
+		return nil, nil
+	}
+	lost, runners = s.kill(z)
+	if p := z.Parent; p != nil {
+		p.active--
+	}
+	return lost, runners
+}
+
+// kill marks z and everything under it exited; it returns the tests that were not done
+// (now marked done) and the runners that were alive.
+func (s *Scheduler) kill(z *Zygote) (lost []int, runners []int) {
 	if z.state == spawning {
 		s.busy--
 	}
 	z.state = exited
-	for _, u := range z.units {
-		if u.done {
-			continue
+	var owed []int
+	for _, r := range s.runners {
+		if r.Zygote == z {
+			if r.alive {
+				runners = append(runners, r.ID)
+				r.alive = false
+				s.busy--
+			}
+			owed = append(owed, r.batch...)
+			r.batch = nil
 		}
-		if u.child != nil {
-			lost = append(lost, s.kill(u.child)...)
-			u.done = true
-			continue
-		}
-		lost = append(lost, u.test)
-		s.TestDone(u.test)
 	}
-	return lost
+	for _, u := range z.queue {
+		owed = append(owed, u.tests...)
+	}
+	z.queue = nil
+	for _, i := range owed {
+		if !s.done[i] {
+			s.done[i] = true
+			s.left--
+			lost = append(lost, i)
+		}
+	}
+	for _, c := range z.kids {
+		if c.state != exited {
+			l, rs := s.kill(c)
+			lost, runners = append(lost, l...), append(runners, rs...)
+		}
+	}
+	sort.Ints(lost)
+	return lost, runners
 }

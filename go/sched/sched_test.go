@@ -7,14 +7,21 @@ import (
 
 func chain(keys ...string) []string { return keys }
 
-func kinds(acts []Action) []string {
+func describe(acts []Action) []string {
 	var out []string
 	for _, a := range acts {
-		s := "run"
-		if a.Kind == Spawn {
+		var s string
+		switch a.Kind {
+		case Spawn:
 			s = "spawn:" + a.Key
+		case Run:
+			s = "run"
+		case Assign:
+			s = "assign"
+		case Retire:
+			s = "retire"
 		}
-		if a.InPlace {
+		if a.Final {
 			s += "!"
 		}
 		out = append(out, s)
@@ -25,37 +32,55 @@ func kinds(acts []Action) []string {
 func mustNext(t *testing.T, s *Scheduler, want ...string) []Action {
 	t.Helper()
 	acts := s.Next()
-	if got := kinds(acts); !reflect.DeepEqual(got, want) && !(len(got) == 0 && len(want) == 0) {
+	if got := describe(acts); !(len(got) == 0 && len(want) == 0) && !reflect.DeepEqual(got, want) {
 		t.Fatalf("Next() = %v, want %v", got, want)
 	}
 	return acts
 }
 
-func TestLastUnitRunsInPlaceAfterTheOthers(t *testing.T) {
-	s := New([]Test{{Chain: chain("S", "M")}, {Chain: chain("S", "M")}, {Chain: chain("S", "M")}}, 2)
+func same(n int, c []string) []Test {
+	out := make([]Test, n)
+	for i := range out {
+		out[i] = Test{Chain: c}
+	}
+	return out
+}
+
+func TestLastUnitIsFinalAndWaitsForTheOthers(t *testing.T) {
+	s := New(same(3, chain("S", "M")), 2, false)
 	mustNext(t, s) // root not ready
 	s.RootReady()
-	a := mustNext(t, s, "spawn:S") // the root never hands over
+	a := mustNext(t, s, "spawn:S") // the root's units are never final
 	s.Ready(a[0].Child)
-	a = mustNext(t, s, "spawn:M!") // M is S's only (so last) unit: S becomes M
+	a = mustNext(t, s, "spawn:M!") // M is S's only (so last) unit
 	if !reflect.DeepEqual(a[0].Tests, []int{0, 1, 2}) {
 		t.Fatalf("spawn tests = %v", a[0].Tests)
 	}
 	s.Ready(a[0].Child)
 	a = mustNext(t, s, "run", "run")
-	if a[0].Test != 0 || a[1].Test != 1 {
+	if a[0].Tests[0] != 0 || a[1].Tests[0] != 1 {
 		t.Fatalf("order: %+v", a)
 	}
 	s.TestDone(0)
 	mustNext(t, s) // test 2 is M's last: waits for test 1
 	s.TestDone(1)
 	a = mustNext(t, s, "run!")
-	if a[0].Test != 2 {
-		t.Fatalf("final test = %d", a[0].Test)
+	if a[0].Tests[0] != 2 {
+		t.Fatalf("final test = %v", a[0].Tests)
+	}
+	if d := s.Drained(); len(d) != 0 {
+		t.Fatalf("drained early: %v", d)
 	}
 	s.TestDone(2)
-	if s.Left() != 0 || s.Busy() != 0 {
+	if s.Left() != 0 || s.Busy() != 0 { // a zygote counts only while it sets up
 		t.Fatalf("left %d busy %d", s.Left(), s.Busy())
+	}
+	if d := s.Drained(); !reflect.DeepEqual(d, []int{2}) { // M; S waits for M's exit
+		t.Fatalf("drained %v", d)
+	}
+	s.ZygoteExited(2)
+	if d := s.Drained(); !reflect.DeepEqual(d, []int{1}) {
+		t.Fatalf("drained %v", d)
 	}
 }
 
@@ -66,7 +91,7 @@ func TestLongestFirstWithinAndAcrossGroups(t *testing.T) {
 		{Chain: chain("S", "B"), Duration: 0.1},
 		{Chain: chain("S", "A"), Duration: 3},
 	}
-	s := New(tests, 1)
+	s := New(tests, 1, false)
 	s.RootReady()
 	a := mustNext(t, s, "spawn:S")
 	s.Ready(a[0].Child)
@@ -74,39 +99,119 @@ func TestLongestFirstWithinAndAcrossGroups(t *testing.T) {
 	b := a[0].Child
 	s.Ready(b)
 	a = mustNext(t, s, "run")
-	if a[0].Test != 1 {
-		t.Fatalf("want the 5 s test first, got %d", a[0].Test)
+	if a[0].Tests[0] != 1 {
+		t.Fatalf("want the 5 s test first, got %v", a[0].Tests)
 	}
 	s.TestDone(1)
-	a = mustNext(t, s, "run!") // B's last test, in place
-	s.TestDone(a[0].Test)
+	a = mustNext(t, s, "run!") // B's last test
+	s.TestDone(a[0].Tests[0])
 	mustNext(t, s) // A must wait until B's process has exited
-	if lost := s.Exited(b); len(lost) != 0 {
+	if lost, _ := s.ZygoteExited(b); len(lost) != 0 {
 		t.Fatalf("lost %v", lost)
 	}
 	a = mustNext(t, s, "spawn:A!")
 	s.Ready(a[0].Child)
 	a = mustNext(t, s, "run")
-	if a[0].Test != 3 {
-		t.Fatalf("want the 3 s test, got %d", a[0].Test)
+	if a[0].Tests[0] != 3 {
+		t.Fatalf("want the 3 s test, got %v", a[0].Tests)
 	}
 }
 
 func TestLimitCountsZygotesSettingUp(t *testing.T) {
-	s := New([]Test{{Chain: chain("S", "A")}, {Chain: chain("S", "B")}, {Chain: chain("S", "C")}}, 2)
+	s := New([]Test{{Chain: chain("S", "A")}, {Chain: chain("S", "B")}, {Chain: chain("S", "C")}}, 2, false)
 	s.RootReady()
 	a := mustNext(t, s, "spawn:S")
-	s.Ready(a[0].Child)
+	s.Ready(a[0].Child)                      // S's slot frees when it is ready
 	a = mustNext(t, s, "spawn:A", "spawn:B") // two setting up fill both slots
+	mustNext(t, s)
 	s.Ready(a[0].Child)
-	mustNext(t, s, "run!") // A's only test runs in place; B still setting up
+	mustNext(t, s, "run!") // A's test takes the slot A's setup held; B still sets up
 	if s.Busy() != 2 {
 		t.Fatalf("busy = %d", s.Busy())
 	}
 }
 
-func TestExitedZygoteLosesItsUnfinishedTests(t *testing.T) {
-	s := New([]Test{{Chain: chain("S", "M")}, {Chain: chain("S", "M")}, {Chain: chain("S", "N")}}, 4)
+func TestBatchesRunInOrderAndTheLastWaits(t *testing.T) {
+	tests := []Test{
+		{Chain: chain("S"), Batch: "m1"}, {Chain: chain("S"), Batch: "m1"}, {Chain: chain("S"), Batch: "m1"},
+		{Chain: chain("S"), Batch: "m2"},
+	}
+	s := New(tests, 2, false)
+	s.RootReady()
+	a := mustNext(t, s, "spawn:S")
+	s.Ready(a[0].Child)
+	a = mustNext(t, s, "run") // m1 (equal weights: collection order); m2 is last: waits
+	if !reflect.DeepEqual(a[0].Tests, []int{0, 1, 2}) {
+		t.Fatalf("batch = %v", a[0].Tests)
+	}
+	s.TestDone(0)
+	s.TestDone(1)
+	mustNext(t, s)
+	s.TestDone(2)
+	a = mustNext(t, s, "run!")
+	if !reflect.DeepEqual(a[0].Tests, []int{3}) {
+		t.Fatalf("batch = %v", a[0].Tests)
+	}
+}
+
+func TestRunnerDeathRequeuesUnstartedTests(t *testing.T) {
+	tests := []Test{{Chain: chain("S"), Batch: "m"}, {Chain: chain("S"), Batch: "m"}, {Chain: chain("S"), Batch: "m"}, {Chain: chain("S")}}
+	s := New(tests, 1, false)
+	s.RootReady()
+	a := mustNext(t, s, "spawn:S")
+	s.Ready(a[0].Child)
+	a = mustNext(t, s, "run")
+	s.TestDone(0)
+	s.TestDone(1) // test 1 crashed and was finished as such
+	if got := s.RunnerExited(a[0].Runner, true); !reflect.DeepEqual(got, []int{2}) {
+		t.Fatalf("requeued %v", got)
+	}
+	a = mustNext(t, s, "run") // the rest of the batch, on a fresh runner, first
+	if !reflect.DeepEqual(a[0].Tests, []int{2}) {
+		t.Fatalf("batch = %v", a[0].Tests)
+	}
+}
+
+func TestRunnerThatNeverStartedLosesItsBatch(t *testing.T) {
+	s := New([]Test{{Chain: chain("S"), Batch: "m"}, {Chain: chain("S"), Batch: "m"}}, 1, false)
+	s.RootReady()
+	a := mustNext(t, s, "spawn:S")
+	s.Ready(a[0].Child)
+	a = mustNext(t, s, "run!")
+	if got := s.RunnerExited(a[0].Runner, false); !reflect.DeepEqual(got, []int{0, 1}) {
+		t.Fatalf("rest = %v", got)
+	}
+	mustNext(t, s)
+	if s.Left() != 0 || s.Busy() != 0 {
+		t.Fatalf("left %d busy %d", s.Left(), s.Busy())
+	}
+}
+
+func TestPersistentRunnersTakeBatchAfterBatchThenRetire(t *testing.T) {
+	tests := []Test{{Chain: chain("S"), Batch: "a"}, {Chain: chain("S"), Batch: "b"}, {Chain: chain("S"), Batch: "c"}}
+	s := New(tests, 1, true)
+	s.RootReady()
+	a := mustNext(t, s, "spawn:S")
+	s.Ready(a[0].Child)
+	a = mustNext(t, s, "run")
+	r := a[0].Runner
+	s.TestDone(0)
+	a = mustNext(t, s, "assign")
+	if a[0].Runner != r || a[0].Tests[0] != 1 {
+		t.Fatalf("%+v", a)
+	}
+	s.TestDone(1)
+	a = mustNext(t, s, "assign!")
+	s.TestDone(2)
+	mustNext(t, s, "retire")
+	if s.Busy() != 0 || s.Left() != 0 {
+		t.Fatalf("busy %d left %d", s.Busy(), s.Left())
+	}
+}
+
+func TestZygoteExitLosesItsUnfinishedTests(t *testing.T) {
+	tests := []Test{{Chain: chain("S", "M")}, {Chain: chain("S", "M")}, {Chain: chain("S", "N")}}
+	s := New(tests, 4, false)
 	s.RootReady()
 	a := mustNext(t, s, "spawn:S")
 	sz := a[0].Child
@@ -115,15 +220,14 @@ func TestExitedZygoteLosesItsUnfinishedTests(t *testing.T) {
 	m := a[0].Child
 	s.Ready(m)
 	a = mustNext(t, s, "run")
-	s.TestDone(a[0].Test)
+	s.TestDone(a[0].Tests[0])
 	mustNext(t, s, "run!")
-	lost := s.Exited(m) // M crashed while running its last test
-	if !reflect.DeepEqual(lost, []int{1}) {
-		t.Fatalf("lost = %v", lost)
+	lost, runners := s.ZygoteExited(m) // M crashed while its last test ran
+	if !reflect.DeepEqual(lost, []int{1}) || len(runners) != 1 {
+		t.Fatalf("lost = %v runners %v", lost, runners)
 	}
-	a = mustNext(t, s, "spawn:N!")
-	lost = s.Exited(sz) // S crashes (it had become N) before N is ready
-	if !reflect.DeepEqual(lost, []int{2}) {
+	mustNext(t, s, "spawn:N!")
+	if lost, _ = s.ZygoteExited(sz); !reflect.DeepEqual(lost, []int{2}) {
 		t.Fatalf("lost = %v", lost)
 	}
 	if s.Left() != 0 || s.Busy() != 0 {
@@ -132,10 +236,10 @@ func TestExitedZygoteLosesItsUnfinishedTests(t *testing.T) {
 }
 
 func TestRootExitLosesEverything(t *testing.T) {
-	s := New([]Test{{Chain: chain("S")}, {Chain: chain("S")}}, 2)
+	s := New(same(2, chain("S")), 2, false)
 	s.RootReady()
 	mustNext(t, s, "spawn:S")
-	if lost := s.Exited(0); len(lost) != 2 {
+	if lost, _ := s.ZygoteExited(0); len(lost) != 2 {
 		t.Fatalf("lost = %v", lost)
 	}
 	if s.Left() != 0 || s.Busy() != 0 {
@@ -143,8 +247,8 @@ func TestRootExitLosesEverything(t *testing.T) {
 	}
 }
 
-func TestSerialZygoteRunsOneChildAtATime(t *testing.T) {
-	s := New([]Test{{Chain: chain("S")}, {Chain: chain("S")}, {Chain: chain("S")}}, 4)
+func TestSerialZygoteRunsOneUnitAtATime(t *testing.T) {
+	s := New(same(3, chain("S")), 4, false)
 	s.RootReady()
 	a := mustNext(t, s, "spawn:S")
 	s.SetSerial(a[0].Child)
@@ -156,20 +260,14 @@ func TestSerialZygoteRunsOneChildAtATime(t *testing.T) {
 	mustNext(t, s, "run!")
 }
 
-func TestStopEndsDispatch(t *testing.T) {
-	s := New([]Test{{Chain: chain("S")}, {Chain: chain("S")}, {Chain: chain("S")}}, 1)
+func TestStopEndsDispatchAndRetiresIdleRunners(t *testing.T) {
+	tests := []Test{{Chain: chain("S"), Batch: "a"}, {Chain: chain("S"), Batch: "b"}, {Chain: chain("S"), Batch: "c"}}
+	s := New(tests, 1, true)
 	s.RootReady()
 	a := mustNext(t, s, "spawn:S")
 	s.Ready(a[0].Child)
 	mustNext(t, s, "run")
 	s.Stop()
 	s.TestDone(0)
-	mustNext(t, s)
-}
-
-func TestEmptyChainRunsUnderRootWithoutHandOver(t *testing.T) {
-	// The root never runs tests in place: a chain-less test is forked from it.
-	s := New([]Test{{}}, 1)
-	s.RootReady()
-	mustNext(t, s, "run")
+	mustNext(t, s, "retire")
 }

@@ -7,27 +7,35 @@ import (
 
 // Frames the Python processes send. Every connection starts with hello.
 //
-//	hello   {role: "zygote"|"test", id, pid}   zygote id, or test index for a test
-//	ready   {id}                               zygote id is set up (also after an in-place hand-over)
-//	serial  {id, why}                          zygote id holds state its children must not share concurrently
-//	forked  {kind: "test"|"zygote", id, pid}   a zygote forked a child
-//	exited  {pid, status, maxrss, utime, stime} a zygote reaped a child (raw wait status, KiB, seconds)
-//	fail    {test, message}                    a zygote could not start a test (e.g. fork failed)
-//	error   {message}                          a zygote hit an internal error and is exiting
-//	report  {data}                             a test's serialized pytest report
-//	warning {data}                             a test's recorded warning
-//	done    {}                                 a test process finished its protocol
+// From a zygote:
+//
+//	hello   {role: "zygote", id, pid}
+//	ready   {id}                                zygote id is set up
+//	serial  {id, why}                           zygote id holds state its children must not share concurrently
+//	forked  {kind: "zygote"|"runner", id, pid}  a child process exists
+//	exited  {pid, status, maxrss, utime, stime} a child was reaped (raw wait status, KiB, seconds)
+//	fail    {runner, message}                   a runner could not be started (e.g. fork failed)
+//	error   {message}                           an internal error; the zygote is exiting
+//
+// From a runner (its connection is opened by its zygote before the fork):
+//
+//	hello   {role: "runner", id, pid}
+//	start   {test}                              the runner begins test (its deadline starts)
+//	report  {test, data}                        a serialized pytest report
+//	warning {test, data}                        a recorded warning
+//	done    {test, maxrss, cpu}                 the test's protocol finished
 var schema = wire.Schema{
 	"hello":   {"role": wire.String, "id": wire.Int, "pid": wire.Int},
 	"ready":   {"id": wire.Int},
 	"serial":  {"id": wire.Int, "why": wire.String},
 	"forked":  {"kind": wire.String, "id": wire.Int, "pid": wire.Int},
 	"exited":  {"pid": wire.Int, "status": wire.Int, "maxrss": wire.Int, "utime": wire.Number, "stime": wire.Number},
-	"fail":    {"test": wire.Int, "message": wire.String},
+	"fail":    {"runner": wire.Int, "message": wire.String},
 	"error":   {"message": wire.String},
-	"report":  {"data": wire.Map},
-	"warning": {"data": wire.Map},
-	"done":    {},
+	"start":   {"test": wire.Int},
+	"report":  {"test": wire.Int, "data": wire.Map},
+	"warning": {"test": wire.Int, "data": wire.Map},
+	"done":    {"test": wire.Int, "maxrss": wire.Int, "cpu": wire.Number},
 }
 
 func asInt(v any) int {
@@ -52,7 +60,7 @@ func asFloat(v any) float64 {
 	return 0
 }
 
-// encodeFrame encodes a command for a zygote as one length-prefixed frame.
+// encodeFrame encodes a command as one length-prefixed frame.
 func encodeFrame(m map[string]any) ([]byte, error) {
 	p, err := msgpack.Marshal(m)
 	if err != nil {

@@ -1,8 +1,9 @@
 // Package supervisor runs the zygote tree from tach's main process: it accepts the
-// connections of zygotes and test processes on a unix socket in a private directory,
-// validates their frames, tells zygotes what to fork (as package sched decides), enforces
-// per-test deadlines, kills through pidfds, classifies how each test process ended, and
-// queues one event per finished test for the Python side to replay into pytest's hooks.
+// connections of zygotes and runner processes on a unix socket in a private directory,
+// validates their frames, tells zygotes what to fork (as package sched decides),
+// enforces per-test deadlines, kills through pidfds, classifies how each runner ended,
+// and queues one event per finished test for the Python side to replay into pytest's
+// hooks.
 //
 // All state is owned by one goroutine (run); connection readers, the root reaper and
 // the API only send it messages. The Python side polls for events.
@@ -29,15 +30,17 @@ type TestSpec struct {
 	Chain    []string `msgpack:"chain"`
 	Duration float64  `msgpack:"duration"`
 	Timeout  float64  `msgpack:"timeout"` // seconds; 0: none
+	Batch    string   `msgpack:"batch"`   // tests of a zygote with one batch key share a runner
 }
 
 // Config starts a supervisor.
 type Config struct {
-	ListenFD  int        `msgpack:"listen_fd"` // a listening unix socket, handed over
-	RootPID   int        `msgpack:"root_pid"`  // the root zygote: our child, leader of its process group
-	Workers   int        `msgpack:"workers"`
-	KillGrace float64    `msgpack:"kill_grace"` // seconds between the traceback-dump signal and SIGKILL
-	Tests     []TestSpec `msgpack:"tests"`
+	ListenFD   int        `msgpack:"listen_fd"` // a listening unix socket, handed over
+	RootPID    int        `msgpack:"root_pid"`  // the root zygote: our child, leader of its process group
+	Workers    int        `msgpack:"workers"`
+	KillGrace  float64    `msgpack:"kill_grace"` // seconds between the stack-dump signal and SIGKILL
+	Persistent bool       `msgpack:"persistent"` // long-lived runners (--tach-isolate none)
+	Tests      []TestSpec `msgpack:"tests"`
 }
 
 // Event is what Poll returns, one map per event (encoded to msgpack by the caller).
@@ -46,8 +49,7 @@ type Event map[string]any
 type conn struct {
 	c      net.Conn
 	role   string
-	id     int // zygote id (current, after hand-overs) or test index
-	pid    int
+	id     int
 	out    chan []byte // frames to send; closed when the connection is dropped
 	closed bool
 }
@@ -57,7 +59,6 @@ type input struct {
 	msg wire.Message
 	raw []byte
 	err error // io.EOF at the end of a connection, or a frame error
-	new bool  // c was just accepted (no frame yet)
 }
 
 type exitInfo struct {
@@ -68,33 +69,36 @@ type exitInfo struct {
 
 type testRun struct {
 	idx      int
-	slot     int
-	zygote   int
-	inPlace  bool
-	pid      int
-	pidfd    int
-	conn     *conn
+	runner   *runnerProc
 	frames   [][]byte
-	done     bool // the process sent "done"
-	eof      bool
-	exit     *exitInfo
-	exitAt   time.Time
+	badFrame bool
 	started  time.Time
 	deadline time.Time
-	killAt   time.Time // SIGKILL after the dump signal
 	timedOut bool
+	done     bool
 	finished bool
-	// afterExit processes the exit of the zygote this test ran in place in, once the
-	// test itself has finished (its connection may still hold frames when the exit
-	// arrives).
-	afterExit func()
+	maxrssKB int
+	cpu      float64
+}
+
+type runnerProc struct {
+	id, zygote, slot int
+	pid, pidfd       int
+	conn             *conn
+	remaining        int // tests of the current batch not finished
+	current          *testRun
+	startedAny       bool
+	exit             *exitInfo
+	exitAt           time.Time
+	eof              bool
+	ended            bool
+	killAt           time.Time
+	slotHeld         bool
 }
 
 type zproc struct {
-	id    int
-	pid   int
-	pidfd int
-	conn  *conn
+	id, pid, pidfd int
+	conn           *conn
 }
 
 // Supervisor is one run of the engine.
@@ -114,16 +118,16 @@ type Supervisor struct {
 
 	// owned by run()
 	tests     []*testRun
-	zygotes   map[int]*zproc // by zygote id (a process that handed over is under each id it had)
-	byPID     map[int]any    // *testRun or *zproc
+	runners   map[int]*runnerProc
+	zygotes   map[int]*zproc
+	byPID     map[int]any // *runnerProc or *zproc
 	slots     []bool
 	zygFail   map[int]string // why a zygote is being killed, for the tests it loses
+	setupWait map[int]time.Time
 	stopping  bool
-	killing   bool
 	rootGone  bool
 	rootExit  *exitInfo
 	exitSent  bool
-	setupWait map[int]time.Time // zygote id -> deadline for an announced child to become ready
 }
 
 // Start takes over cfg.ListenFD and starts supervising.
@@ -147,26 +151,24 @@ func Start(cfg Config) (*Supervisor, error) {
 	}
 	specs := make([]sched.Test, len(cfg.Tests))
 	for i, t := range cfg.Tests {
-		specs[i] = sched.Test{Chain: t.Chain, Duration: t.Duration}
+		specs[i] = sched.Test{Chain: t.Chain, Duration: t.Duration, Batch: t.Batch}
 	}
 	s := &Supervisor{
-		cfg: cfg, sched: sched.New(specs, cfg.Workers), ln: ul,
+		cfg: cfg, sched: sched.New(specs, cfg.Workers, cfg.Persistent), ln: ul,
 		in: make(chan input, 256), control: make(chan func(), 8), rootEnd: make(chan exitInfo, 1),
 		wake: make(chan struct{}, 1), tests: make([]*testRun, len(cfg.Tests)),
-		zygotes: map[int]*zproc{}, byPID: map[int]any{}, slots: make([]bool, cfg.Workers),
-		zygFail: map[int]string{}, setupWait: map[int]time.Time{},
+		runners: map[int]*runnerProc{}, zygotes: map[int]*zproc{}, byPID: map[int]any{},
+		slots: make([]bool, cfg.Workers), zygFail: map[int]string{}, setupWait: map[int]time.Time{},
 	}
 	root := &zproc{id: 0, pid: cfg.RootPID, pidfd: openPidfd(cfg.RootPID)}
 	s.zygotes[0] = root
-	s.byPID[cfg.RootPID] = root
 	go s.accept()
 	go s.reapRoot()
 	go s.run()
 	return s, nil
 }
 
-// Poll waits up to timeout for events and returns those queued. ended is true once the
-// run is over: every test reported, every process gone.
+// Poll waits up to timeout for events and returns those queued.
 func (s *Supervisor) Poll(timeout time.Duration) (evs []Event, ended bool) {
 	s.mu.Lock()
 	if len(s.events) == 0 && !s.ended {
@@ -183,8 +185,8 @@ func (s *Supervisor) Poll(timeout time.Duration) (evs []Event, ended bool) {
 	return evs, ended
 }
 
-// Stop ends dispatching. With kill, running tests and zygotes are killed (their tests
-// are not reported); without, running tests finish first.
+// Stop ends dispatching. With kill, every process of the run is killed and tests not
+// yet reported are dropped; without, running tests finish first.
 func (s *Supervisor) Stop(kill bool) {
 	s.send(func() {
 		s.stopping = true
@@ -223,8 +225,7 @@ func (s *Supervisor) accept() {
 }
 
 func (s *Supervisor) read(cn *conn) {
-	// Buffered: a test sends several small frames in a row; one read syscall each
-	// (header and body) showed up in the main process's CPU time.
+	// Buffered: a runner sends several small frames in a row.
 	r := wire.NewReader(bufio.NewReaderSize(cn.c, 16<<10), 0)
 	for {
 		p, err := r.Next()
@@ -244,7 +245,6 @@ func (s *Supervisor) read(cn *conn) {
 func (s *Supervisor) write(cn *conn) {
 	for b := range cn.out {
 		if _, err := cn.c.Write(b); err != nil {
-			// The process is gone; its reader reports the end of the connection.
 			for range cn.out {
 			}
 			return
@@ -281,7 +281,7 @@ func (s *Supervisor) run() {
 		case info := <-s.rootEnd:
 			s.rootGone = true
 			s.rootExit = &info
-			s.onZygoteExit(s.zygotes[0], info)
+			s.zygoteGone(s.zygotes[0], info)
 		case now := <-tick.C:
 			s.checkTimers(now)
 		}
@@ -292,14 +292,11 @@ func (s *Supervisor) run() {
 	}
 }
 
-// maybeEnd finishes the run once nothing is left: all tests accounted for and the root
-// reaped. It asks the root to exit when the work is done.
+// maybeEnd finishes the run once every test is accounted for and the root is reaped;
+// it asks the root to exit when the work is done.
 func (s *Supervisor) maybeEnd() bool {
-	if s.sched.Left() > 0 && !(s.stopping && s.sched.Busy() == 0) && !s.rootGone {
-		return false
-	}
 	if !s.rootGone {
-		if !s.exitSent {
+		if (s.sched.Left() == 0 || (s.stopping && s.sched.Busy() == 0)) && !s.exitSent {
 			s.exitSent = true
 			if z := s.zygotes[0]; z.conn != nil {
 				s.command(z.conn, map[string]any{"t": "exit"})
@@ -313,7 +310,7 @@ func (s *Supervisor) maybeEnd() bool {
 	_ = unix.Kill(-s.cfg.RootPID, unix.SIGKILL)
 	for _, t := range s.tests {
 		if t != nil && !t.finished {
-			s.finish(t, "lost", "the run ended before the test finished")
+			s.finish(t, "lost", "the run ended before the test finished", nil)
 		}
 	}
 	s.ln.Close()
@@ -333,58 +330,84 @@ func (s *Supervisor) handle(in input) {
 	}
 	if cn.role == "" {
 		if in.msg.Type != "hello" {
-			s.protocolError(cn, fmt.Errorf("first frame is %q, want hello", in.msg.Type))
+			s.connEnded(cn, fmt.Errorf("first frame is %q, want hello", in.msg.Type))
 			return
 		}
 		s.hello(cn, in.msg.Fields)
 		return
 	}
-	f := in.msg.Fields
 	switch cn.role {
-	case "test":
-		t := s.tests[cn.id]
-		switch in.msg.Type {
-		case "report", "warning":
-			t.frames = append(t.frames, in.raw)
-		case "done":
-			t.done = true
-		default:
-			s.protocolError(cn, fmt.Errorf("test process sent %q", in.msg.Type))
-		}
-		s.maybeFinish(t)
+	case "runner":
+		s.runnerFrame(s.runners[cn.id], in)
 	case "zygote":
-		s.zygoteFrame(cn, in.msg.Type, f)
+		s.zygoteFrame(cn, in.msg.Type, in.msg.Fields)
 	}
 }
 
 func (s *Supervisor) hello(cn *conn, f map[string]any) {
-	role, id, pid := f["role"].(string), asInt(f["id"]), asInt(f["pid"])
+	role, id := f["role"].(string), asInt(f["id"])
 	switch role {
-	case "test":
-		if id < 0 || id >= len(s.tests) || s.tests[id] == nil || s.tests[id].conn != nil {
-			s.protocolError(cn, fmt.Errorf("hello from unexpected test %d", id))
+	case "runner":
+		r, ok := s.runners[id]
+		if !ok || r.conn != nil {
+			s.connEnded(cn, fmt.Errorf("hello from unexpected runner %d", id))
 			return
 		}
 		cn.role, cn.id = role, id
-		s.tests[id].conn = cn
+		r.conn = cn
 	case "zygote":
 		z, ok := s.zygotes[id]
 		if !ok || z.conn != nil {
-			s.protocolError(cn, fmt.Errorf("hello from unexpected zygote %d", id))
+			s.connEnded(cn, fmt.Errorf("hello from unexpected zygote %d", id))
 			return
 		}
-		cn.role, cn.id, cn.pid = role, id, pid
+		cn.role, cn.id = role, id
 		z.conn = cn
 		if z.pid == 0 {
-			z.pid = pid
-			z.pidfd = openPidfd(pid)
-			s.byPID[pid] = z
+			z.pid = asInt(f["pid"])
+			z.pidfd = openPidfd(z.pid)
+			s.byPID[z.pid] = z
 		}
 		if id == 0 {
 			s.sched.RootReady()
 		}
 	default:
-		s.protocolError(cn, fmt.Errorf("hello with role %q", role))
+		s.connEnded(cn, fmt.Errorf("hello with role %q", role))
+	}
+}
+
+func (s *Supervisor) testOf(r *runnerProc, f map[string]any) *testRun {
+	i := asInt(f["test"])
+	if i < 0 || i >= len(s.tests) || s.tests[i] == nil || s.tests[i].runner != r || s.tests[i].finished {
+		return nil
+	}
+	return s.tests[i]
+}
+
+func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
+	t := s.testOf(r, in.msg.Fields)
+	if t == nil {
+		s.connEnded(r.conn, fmt.Errorf("runner %d sent %q for a test it does not run", r.id, in.msg.Type))
+		return
+	}
+	switch in.msg.Type {
+	case "start":
+		r.current, r.startedAny = t, true
+		t.started = time.Now()
+		if d := s.cfg.Tests[t.idx].Timeout; d > 0 {
+			t.deadline = t.started.Add(seconds(d))
+		}
+	case "report", "warning":
+		t.frames = append(t.frames, in.raw)
+	case "done":
+		t.done = true
+		t.maxrssKB, t.cpu = asInt(in.msg.Fields["maxrss"]), asFloat(in.msg.Fields["cpu"])
+		if r.current == t {
+			r.current = nil
+		}
+		s.finish(t, "ok", "", nil)
+	default:
+		s.connEnded(r.conn, fmt.Errorf("runner %d sent %q", r.id, in.msg.Type))
 	}
 }
 
@@ -392,32 +415,22 @@ func (s *Supervisor) zygoteFrame(cn *conn, typ string, f map[string]any) {
 	switch typ {
 	case "ready":
 		id := asInt(f["id"])
-		if z, ok := s.zygotes[id]; ok && z.conn == nil {
-			// An in-place hand-over: same process and connection, new identity. The
-			// pidfd moves to the new identity (never copied: see signalTest).
-			prev := s.zygotes[cn.id]
-			z.conn, z.pid, z.pidfd = cn, prev.pid, prev.pidfd
-			prev.pidfd = -1
-			s.byPID[z.pid] = z
-			cn.id = id
-		}
-		delete(s.setupWait, cn.id)
+		delete(s.setupWait, id)
 		if p := s.sched.Zygote(id); p != nil && p.Parent != nil {
 			delete(s.setupWait, p.Parent.ID)
 		}
 		s.sched.Ready(id)
 	case "serial":
 		s.sched.SetSerial(asInt(f["id"]))
-		s.emit(Event{"t": "note", "msg": fmt.Sprintf("zygote %q runs its tests one at a time: %s",
+		s.emit(Event{"t": "note", "msg": fmt.Sprintf("zygote %s runs its tests one at a time: %s",
 			s.keyOf(asInt(f["id"])), f["why"])})
 	case "forked":
 		kind, id, pid := f["kind"].(string), asInt(f["id"]), asInt(f["pid"])
 		switch kind {
-		case "test":
-			if id >= 0 && id < len(s.tests) && s.tests[id] != nil && s.tests[id].pid == 0 {
-				t := s.tests[id]
-				t.pid, t.pidfd = pid, openPidfd(pid)
-				s.byPID[pid] = t
+		case "runner":
+			if r, ok := s.runners[id]; ok && r.pid == 0 {
+				r.pid, r.pidfd = pid, openPidfd(pid)
+				s.byPID[pid] = r
 			}
 		case "zygote":
 			if z, ok := s.zygotes[id]; ok && z.pid == 0 {
@@ -430,21 +443,21 @@ func (s *Supervisor) zygoteFrame(cn *conn, typ string, f map[string]any) {
 		info := exitInfo{status: asInt(f["status"]), maxrssKB: asInt(f["maxrss"]),
 			utime: asFloat(f["utime"]), stime: asFloat(f["stime"])}
 		switch p := s.byPID[pid].(type) {
-		case *testRun:
+		case *runnerProc:
 			p.exit, p.exitAt = &info, time.Now()
-			s.maybeFinish(p)
+			s.maybeRunnerEnded(p)
 		case *zproc:
-			s.onZygoteExit(p, info)
+			s.zygoteGone(p, info)
 		}
 		delete(s.byPID, pid)
 	case "fail":
-		if i := asInt(f["test"]); i >= 0 && i < len(s.tests) && s.tests[i] != nil {
-			s.finish(s.tests[i], "lost", "tach could not start the test: "+f["message"].(string))
+		if r, ok := s.runners[asInt(f["runner"])]; ok {
+			s.runnerEnded(r, "tach could not start a test process: "+f["message"].(string))
 		}
 	case "error":
 		s.zygFail[cn.id] = "internal error in the zygote: " + f["message"].(string)
 	default:
-		s.protocolError(cn, fmt.Errorf("zygote sent %q", typ))
+		s.connEnded(cn, fmt.Errorf("zygote sent %q", typ))
 	}
 }
 
@@ -458,42 +471,29 @@ func (s *Supervisor) keyOf(id int) string {
 	return fmt.Sprint(id)
 }
 
-// onZygoteExit handles the end of a zygote process (its current identity is z.id).
-func (s *Supervisor) onZygoteExit(z *zproc, info exitInfo) {
-	cur := z.id
-	if z.conn != nil {
-		cur = z.conn.id
-	}
+// zygoteGone fails every test that can no longer run because zygote z ended; a zygote
+// that ended after its work was done loses nothing.
+func (s *Supervisor) zygoteGone(z *zproc, info exitInfo) {
 	closePidfd(&z.pidfd)
-	// A test running in place in this process ended with it; its connection may still
-	// hold unread frames (another goroutine reads it). Its EOF decides, bounded by the
-	// grace in checkTimers, and the zygote's exit is processed after it.
-	for _, t := range s.tests {
-		if t != nil && !t.finished && t.inPlace && t.zygote == cur {
-			t.exit, t.exitAt = &info, time.Now()
-			t.afterExit = func() { s.zygoteGone(z, info, cur) }
-			s.maybeFinish(t)
-			return
+	reason, ok := s.zygFail[z.id]
+	if !ok {
+		reason = fmt.Sprintf("zygote for %s (pid %d) %s", s.keyOf(z.id), z.pid, describeStatus(info.status))
+	}
+	lost, runners := s.sched.ZygoteExited(z.id)
+	for _, id := range runners {
+		if r := s.runners[id]; r != nil && !r.ended {
+			signalPidfd(r.pidfd, unix.SIGKILL) // it dies with its zygote anyway
+			s.closeRunner(r)
 		}
 	}
-	s.zygoteGone(z, info, cur)
-}
-
-// zygoteGone fails every test that can no longer run because zygote cur ended.
-func (s *Supervisor) zygoteGone(z *zproc, info exitInfo, cur int) {
-	reason, ok := s.zygFail[cur]
-	if !ok {
-		reason = fmt.Sprintf("zygote for %s (pid %d) %s", s.keyOf(cur), z.pid, describeStatus(info.status))
-	}
-	for _, i := range s.sched.Exited(cur) {
+	for _, i := range lost {
 		t := s.tests[i]
 		if t == nil {
-			t = &testRun{idx: i, slot: -1, pidfd: -1}
+			t = &testRun{idx: i}
 			s.tests[i] = t
 		}
 		if !t.finished {
-			s.signalTest(t, unix.SIGKILL)
-			s.finish(t, "lost", reason)
+			s.finish(t, "lost", reason, nil)
 		}
 	}
 }
@@ -507,19 +507,79 @@ func (s *Supervisor) connEnded(cn *conn, err error) {
 	if err != nil && !errors.Is(err, io.EOF) {
 		s.emit(Event{"t": "note", "msg": fmt.Sprintf("dropped a connection (%s %d): %v", cn.role, cn.id, err)})
 	}
-	if cn.role == "test" {
-		t := s.tests[cn.id]
-		t.eof = true
+	if cn.role == "runner" {
+		r := s.runners[cn.id]
+		r.eof = true
 		if err != nil && !errors.Is(err, io.EOF) {
-			t.frames = append(t.frames, nil) // marks a frame error: see finish
-			s.signalTest(t, unix.SIGKILL)
+			// A malformed frame: the runner's output can no longer be trusted or framed.
+			if r.current != nil {
+				r.current.badFrame = true
+			}
+			signalPidfd(r.pidfd, unix.SIGKILL)
 		}
-		s.maybeFinish(t)
+		s.maybeRunnerEnded(r)
 	}
 }
 
-func (s *Supervisor) protocolError(cn *conn, err error) {
-	s.connEnded(cn, err)
+// maybeRunnerEnded ends r once both its exit status and the end of its connection
+// have arrived (either alone may still leave frames or a cause to come).
+func (s *Supervisor) maybeRunnerEnded(r *runnerProc) {
+	if !r.ended && r.exit != nil && (r.eof || r.conn == nil && time.Since(r.exitAt) > 2*time.Second) {
+		s.runnerEnded(r, "")
+	}
+}
+
+// runnerEnded settles a runner whose process is gone: the test it was running failed
+// with how it ended; the tests of its batch it never started go back to the queue
+// (or, if it died before starting any test, fail: a runner that cannot start would
+// otherwise be replaced forever).
+func (s *Supervisor) runnerEnded(r *runnerProc, failure string) {
+	if r.ended {
+		return
+	}
+	if t := r.current; t != nil && !t.finished {
+		outcome := "crashed"
+		if t.timedOut {
+			outcome = "timeout"
+		}
+		s.finish(t, outcome, failure, r)
+	}
+	requeue := r.startedAny && failure == ""
+	rest := s.sched.RunnerExited(r.id, requeue)
+	if !requeue {
+		why := failure
+		if why == "" && r.exit != nil {
+			why = fmt.Sprintf("its test process %s before starting a test", describeStatus(r.exit.status))
+		}
+		for _, i := range rest {
+			if t := s.tests[i]; t != nil && !t.finished {
+				s.finish(t, "lost", why, r)
+			}
+		}
+	} else {
+		for _, i := range rest {
+			s.tests[i] = nil // dispatched again later, to a new runner
+		}
+	}
+	s.closeRunner(r)
+}
+
+func (s *Supervisor) closeRunner(r *runnerProc) {
+	r.ended = true
+	closePidfd(&r.pidfd)
+	s.releaseSlot(r)
+	if r.conn != nil && !r.conn.closed {
+		r.conn.closed = true
+		close(r.conn.out)
+		r.conn.c.Close()
+	}
+}
+
+func (s *Supervisor) releaseSlot(r *runnerProc) {
+	if r.slotHeld {
+		r.slotHeld = false
+		s.slots[r.slot] = false
+	}
 }
 
 func (s *Supervisor) command(cn *conn, m map[string]any) {
@@ -534,7 +594,7 @@ func (s *Supervisor) command(cn *conn, m map[string]any) {
 	select {
 	case cn.out <- b:
 	default:
-		// A zygote 64 commands behind is stuck; its deadline or its exit will tell.
+		// A process 64 commands behind is stuck; its deadline or its exit will tell.
 		go func() {
 			defer func() { recover() }()
 			cn.out <- b
@@ -546,27 +606,39 @@ func (s *Supervisor) dispatch() {
 	for _, a := range s.sched.Next() {
 		z := s.zygotes[a.Zygote]
 		switch a.Kind {
-		case sched.RunTest:
-			spec := s.cfg.Tests[a.Test]
-			t := &testRun{idx: a.Test, zygote: a.Zygote, inPlace: a.InPlace, slot: s.takeSlot(), started: time.Now()}
-			if spec.Timeout > 0 {
-				t.deadline = t.started.Add(seconds(spec.Timeout))
-			}
-			t.pidfd = -1
-			if a.InPlace {
-				t.pid = z.pid // signalled through the zygote's pidfd: see signalTest
-			}
-			s.tests[a.Test] = t
-			s.command(z.conn, map[string]any{"t": "run", "test": a.Test, "inplace": a.InPlace, "slot": t.slot})
 		case sched.Spawn:
-			// In place, the child keeps this process and connection: its "ready" on
-			// z's connection re-identifies them (see zygoteFrame).
-			s.zygotes[a.Child] = &zproc{id: a.Child}
+			s.zygotes[a.Child] = &zproc{id: a.Child, pidfd: -1}
 			if d := s.maxTimeout(a.Tests); d > 0 {
 				s.setupWait[a.Zygote] = time.Now().Add(seconds(d))
 			}
-			s.command(z.conn, map[string]any{"t": "spawn", "id": a.Child, "key": a.Key, "tests": a.Tests, "inplace": a.InPlace})
+			s.command(z.conn, map[string]any{"t": "spawn", "id": a.Child, "key": a.Key, "tests": a.Tests, "final": a.Final})
+		case sched.Run:
+			r := &runnerProc{id: a.Runner, zygote: a.Zygote, pidfd: -1, slot: s.takeSlot(), slotHeld: true}
+			s.runners[a.Runner] = r
+			s.assign(r, a.Tests)
+			s.command(z.conn, map[string]any{"t": "run", "runner": a.Runner, "tests": a.Tests,
+				"final": a.Final, "persistent": s.cfg.Persistent})
+		case sched.Assign:
+			r := s.runners[a.Runner]
+			s.assign(r, a.Tests)
+			s.command(r.conn, map[string]any{"t": "batch", "tests": a.Tests, "final": a.Final})
+		case sched.Retire:
+			if r := s.runners[a.Runner]; r != nil {
+				s.command(r.conn, map[string]any{"t": "exit"})
+			}
 		}
+	}
+	for _, id := range s.sched.Drained() {
+		if z := s.zygotes[id]; z != nil {
+			s.command(z.conn, map[string]any{"t": "exit"})
+		}
+	}
+}
+
+func (s *Supervisor) assign(r *runnerProc, tests []int) {
+	r.remaining = len(tests)
+	for _, i := range tests {
+		s.tests[i] = &testRun{idx: i, runner: r}
 	}
 }
 
@@ -587,59 +659,33 @@ func (s *Supervisor) takeSlot() int {
 			return i
 		}
 	}
-	s.slots = append(s.slots, true) // cannot happen with the scheduler's limit
+	s.slots = append(s.slots, true) // a runner's exit not yet seen: labels only
 	return len(s.slots) - 1
 }
 
-func (s *Supervisor) maybeFinish(t *testRun) {
-	if t.finished {
-		return
-	}
-	if t.inPlace {
-		switch {
-		case t.done && t.eof:
-			s.finish(t, "ok", "")
-		case t.eof && t.exit != nil:
-			s.finish(t, s.crashOutcome(t), "")
-		}
-		return
-	}
-	if t.exit != nil && t.eof {
-		if t.done && t.exit.status == 0 && !t.timedOut {
-			s.finish(t, "ok", "")
-		} else {
-			s.finish(t, s.crashOutcome(t), "")
-		}
-	}
-}
-
-func (s *Supervisor) crashOutcome(t *testRun) string {
-	if t.timedOut {
-		return "timeout"
-	}
-	return "crashed"
-}
-
-func (s *Supervisor) finish(t *testRun, outcome, reason string) {
+func (s *Supervisor) finish(t *testRun, outcome, reason string, ended *runnerProc) {
 	t.finished = true
-	ev := Event{"t": "test", "idx": t.idx, "slot": t.slot, "outcome": outcome, "pid": t.pid,
-		"in_place": t.inPlace, "reason": reason}
+	ev := Event{"t": "test", "idx": t.idx, "outcome": outcome, "reason": reason, "done": t.done,
+		"slot": -1, "runner": -1}
 	frames := make([]any, 0, len(t.frames))
 	for _, f := range t.frames {
-		if f == nil {
-			ev["frame_error"] = true
-			continue
-		}
 		frames = append(frames, f)
 	}
 	ev["frames"] = frames
-	ev["done"] = t.done
-	if t.exit != nil {
-		ev["status"] = t.exit.status
-		ev["status_text"] = describeStatus(t.exit.status)
-		ev["signal"], ev["exit_code"] = splitStatus(t.exit.status)
-		ev["maxrss_kb"] = t.exit.maxrssKB
-		ev["cpu_s"] = t.exit.utime + t.exit.stime
+	if t.badFrame {
+		ev["frame_error"] = true
+	}
+	if r := t.runner; r != nil {
+		ev["slot"], ev["runner"], ev["pid"] = r.slot, r.id, r.pid
+		if ended != nil && ended.exit != nil {
+			ev["status"] = ended.exit.status
+			ev["status_text"] = describeStatus(ended.exit.status)
+			ev["signal"], ev["exit_code"] = splitStatus(ended.exit.status)
+			ev["maxrss_kb"], ev["cpu_s"] = ended.exit.maxrssKB, ended.exit.utime+ended.exit.stime
+		}
+	}
+	if t.done {
+		ev["maxrss_kb"], ev["cpu_s"] = t.maxrssKB, t.cpu
 	}
 	if !t.started.IsZero() {
 		ev["wall_s"] = time.Since(t.started).Seconds()
@@ -647,65 +693,43 @@ func (s *Supervisor) finish(t *testRun, outcome, reason string) {
 	if t.timedOut {
 		ev["timeout_s"] = s.cfg.Tests[t.idx].Timeout
 	}
-	if !t.inPlace {
-		closePidfd(&t.pidfd)
-	}
-	if t.slot >= 0 && t.slot < len(s.slots) {
-		s.slots[t.slot] = false
-	}
-	if t.pid != 0 && !t.inPlace {
-		delete(s.byPID, t.pid)
-	}
-	if t.conn != nil && !t.conn.closed {
-		t.conn.closed = true
-		close(t.conn.out)
-		t.conn.c.Close()
-	}
 	s.sched.TestDone(t.idx)
-	s.emit(ev)
-	if f := t.afterExit; f != nil {
-		t.afterExit = nil
-		f()
+	if r := t.runner; r != nil {
+		r.remaining--
+		if r.remaining <= 0 && !s.cfg.Persistent {
+			s.releaseSlot(r) // its process is about to exit: the label is free
+		}
 	}
+	s.emit(ev)
 }
 
 // checkTimers enforces test deadlines (dump tracebacks, then kill), fixture-setup
-// deadlines, and a bound on waiting for a dead test's connection to drain.
+// deadlines, and a bound on waiting for a dead runner's connection to drain.
 func (s *Supervisor) checkTimers(now time.Time) {
 	grace := seconds(s.cfg.KillGrace)
-	for _, t := range s.tests {
-		if t == nil || t.finished {
+	for _, r := range s.runners {
+		if r.ended {
 			continue
 		}
-		if !t.deadline.IsZero() && now.After(t.deadline) && !t.timedOut {
+		if t := r.current; t != nil && !t.deadline.IsZero() && now.After(t.deadline) && !t.timedOut {
 			t.timedOut = true
-			if t.pid != 0 {
-				// faulthandler is registered for SIGUSR1 in every test process.
-				s.signalTest(t, unix.SIGUSR1)
-				t.killAt = now.Add(grace)
-			} else {
-				// Still in its zygote's fixture setup: that zygote is what hangs.
-				s.zygFail[t.zygote] = fmt.Sprintf("Timeout (>%gs) while zygote %s set up fixtures for %s",
-					s.cfg.Tests[t.idx].Timeout, s.keyOf(t.zygote), s.cfg.Tests[t.idx].NodeID)
-				if z := s.zygotes[t.zygote]; z != nil {
-					signalPidfd(z.pidfd, unix.SIGKILL)
-				}
-			}
+			signalPidfd(r.pidfd, unix.SIGUSR1) // faulthandler dumps every thread's stack
+			r.killAt = now.Add(grace)
 		}
-		if !t.killAt.IsZero() && now.After(t.killAt) {
-			t.killAt = time.Time{}
-			s.signalTest(t, unix.SIGKILL)
+		if !r.killAt.IsZero() && now.After(r.killAt) {
+			r.killAt = time.Time{}
+			signalPidfd(r.pidfd, unix.SIGKILL)
 		}
-		if t.exit != nil && !t.eof && now.Sub(t.exitAt) > 2*time.Second {
-			// Something the test forked still holds its connection open.
-			t.eof = true
-			s.maybeFinish(t)
+		if r.exit != nil && !r.eof && now.Sub(r.exitAt) > 2*time.Second {
+			// Something the test forked still holds the runner's connection open.
+			r.eof = true
+			s.maybeRunnerEnded(r)
 		}
 	}
 	for id, dl := range s.setupWait {
 		if now.After(dl) {
 			delete(s.setupWait, id)
-			s.zygFail[id] = fmt.Sprintf("Timeout while zygote %s set up fixtures for a group of tests", s.keyOf(id))
+			s.zygFail[id] = fmt.Sprintf("Timeout while zygote %s set up fixtures", s.keyOf(id))
 			if z := s.zygotes[id]; z != nil {
 				signalPidfd(z.pidfd, unix.SIGKILL)
 			}
@@ -713,20 +737,8 @@ func (s *Supervisor) checkTimers(now time.Time) {
 	}
 }
 
-// signalTest signals a test's process: its own, or for a test running in place, its
-// zygote's. Only through pidfds: once a process is reaped its pid may belong to
-// anyone, while a pidfd keeps naming the process it was opened for. (Copying a pidfd's
-// number is as unsafe as a pid: a closed fd number is soon reused by another pidfd.)
-func (s *Supervisor) signalTest(t *testRun, sig unix.Signal) {
-	if t.inPlace {
-		if z := s.zygotes[t.zygote]; z != nil {
-			signalPidfd(z.pidfd, sig)
-		}
-		return
-	}
-	signalPidfd(t.pidfd, sig)
-}
-
+// signalPidfd signals through a pidfd only: once a process is reaped its pid may
+// belong to anyone, while a pidfd keeps naming the process it was opened for.
 func signalPidfd(pidfd int, sig unix.Signal) {
 	if pidfd > 0 {
 		_ = unix.PidfdSendSignal(pidfd, sig, nil, 0)
@@ -734,11 +746,9 @@ func signalPidfd(pidfd int, sig unix.Signal) {
 }
 
 // killAll kills the whole run: the root zygote leads a process group that every
-// zygote and test process belongs to.
+// zygote and runner belongs to. The root is our child and is not reaped before
+// reapRoot reports it, so its pid (and its group's id) cannot have been reused.
 func (s *Supervisor) killAll() {
-	s.killing = true
-	// The root is our child and is not reaped before reapRoot reports it, so its pid
-	// (and its process group's id) cannot have been reused.
 	_ = unix.Kill(-s.cfg.RootPID, unix.SIGKILL)
 	if !s.rootGone {
 		_ = unix.Kill(s.cfg.RootPID, unix.SIGKILL)

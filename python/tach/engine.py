@@ -74,7 +74,7 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     result = RunResult()
     if not items:
         return result
-    levels = plan.plan(items)
+    levels = plan.plan(items, settings.isolate)
     # Children must never clean up each other's temp dirs: create the base now.
     tmp_factory = getattr(config, "_tmp_path_factory", None)
     if tmp_factory is not None:
@@ -111,10 +111,12 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
         "chain": [lv.key for lv in levels[i]],
         "duration": float(history.get(item.nodeid, 0.0)),
         "timeout": _timeout_for(item, settings, honour_timeout_marker),
+        "batch": plan.batch_key(item) if settings.isolate != "test" else "",
     } for i, item in enumerate(items)]
     try:
         core.start(msgpack.packb({"listen_fd": listen_fd, "root_pid": root,
-                                  "workers": settings.workers, "kill_grace": 1.0, "tests": tests}))
+                                  "workers": settings.workers, "kill_grace": 1.0,
+                                  "persistent": settings.isolate == "none", "tests": tests}))
     except BaseException:
         _kill_root(root)
         shutil.rmtree(private, ignore_errors=True)

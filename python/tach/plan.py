@@ -34,6 +34,8 @@ class Level:
     fixtures: list[str] = field(default_factory=list)
     #: whether the level is the parameter-specific half of a scope
     parametrized: bool = False
+    #: the scope it stands for: session, package, module or class
+    scope: str = "session"
 
 
 def _fixturedefs(item: pytest.Item) -> dict[str, Any] | None:
@@ -101,18 +103,32 @@ def chain(item: pytest.Item) -> list[Level]:
         pushed_upto = depth + 1
         params = sorted(n for n in names if callspec is not None and n in callspec.indices)
         base_key = "session" if node is session else f"{type(node).__name__}:{node.nodeid}"
+        scope = ("session" if node is session else "class" if isinstance(node, pytest.Class)
+                 else "module" if isinstance(node, pytest.Module) else "package")
         parent_key = levels[-1].key + " > " if levels else ""
         if not params:
-            levels.append(Level(parent_key + base_key, push, names))
+            levels.append(Level(parent_key + base_key, push, names, scope=scope))
             continue
         targets = set(params)
         dependent = [n for n in names if _depends_on(n, targets, defs or {}, set())]
         base = [n for n in names if n not in dependent]
-        levels.append(Level(parent_key + base_key, push, base))
+        levels.append(Level(parent_key + base_key, push, base, scope=scope))
         pkey = ",".join(f"{n}={callspec.indices[n]}" for n in params)
-        levels.append(Level(f"{levels[-1].key}[{pkey}]", [], dependent, parametrized=True))
+        levels.append(Level(f"{levels[-1].key}[{pkey}]", [], dependent, parametrized=True, scope=scope))
     return levels
 
 
-def plan(items: Sequence[pytest.Item]) -> list[list[Level]]:
-    return [chain(item) for item in items]
+def batch_key(item: pytest.Item) -> str:
+    """What --tach-isolate module and none run as one unit: the item's module (or its
+    file, for items outside a Python module, like doctests in text files)."""
+    mod = item.getparent(pytest.Module)
+    return mod.nodeid if mod is not None else item.nodeid.split("::")[0]
+
+
+def plan(items: Sequence[pytest.Item], isolate: str = "test") -> list[list[Level]]:
+    """Each item's zygote chain. With isolate module or none, the chain stops above the
+    module: a runner sets modules and classes up itself, as a plain pytest process."""
+    chains = [chain(item) for item in items]
+    if isolate != "test":
+        chains = [[lv for lv in c if lv.scope in ("session", "package")] for c in chains]
+    return chains

@@ -110,7 +110,7 @@ def crash_text(item: pytest.Item, ev: dict[str, Any], fault_dir: str) -> str:
         if ev.get("done") is False and ev.get("exit_code") == 0:
             lines.append("it exited with status 0 before reporting (os._exit(0)? closed "
                          "tach's connection?)")
-    path = os.path.join(fault_dir, f"{ev['idx']}.tb")
+    path = os.path.join(fault_dir, f"r{ev.get('runner', -1)}.tb")
     try:
         with open(path, errors="replace") as f:
             dump = f.read().strip()

@@ -6,12 +6,15 @@ the whole collected session (items, fixture definitions, plugins) is already in 
 * The **root zygote** is forked by the main process. It never runs a test; it forks
   session-level zygotes when the supervisor asks.
 * A **scope zygote** pushes its scope's collectors onto pytest's SetupState, sets up the
-  fixtures of its scope that its tests need (once), and forks a process per test or a
-  child zygote per narrower scope. Its last unit of work runs *in place*: it runs its last
-  test itself (or becomes its last child zygote), so its scope is torn down by pytest's
-  own teardown of that test, exactly as in a plain run.
-* A **test process** runs ``item.ihook.pytest_runtest_protocol`` for one item, with a
-  stand-in ``nextitem`` that makes pytest tear down only what the test set up itself.
+  fixtures of its scope that its tests need (once), and forks runners and child zygotes
+  for narrower scopes. It never runs a test itself.
+* A **runner** runs ``item.ihook.pytest_runtest_protocol`` for a batch of items in
+  order: one item (``--tach-isolate test``), a module's items (``module``), or module
+  after module (``none``). Between items pytest gets the real next item; after the last,
+  a stand-in whose chain is what the runner must keep, so pytest tears down exactly the
+  rest. The last batch of a zygote (its *final* unit, dispatched once all others are
+  done) tears the zygote's own scope down too: once, right after its last test, with any
+  error landing on that test, exactly as in a plain run.
 
 Each process talks to the supervisor over its own connection to a unix socket in a
 private (0700) directory; zygotes reap their children and report how they ended.
@@ -60,12 +63,13 @@ class Forwarder:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.sock: socket.socket | None = None
+        self.test = -1  # index of the test whose reports are being sent
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.sock is None:
             return
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        frames.send(self.sock, {"t": "report", "data": data})
+        frames.send(self.sock, {"t": "report", "test": self.test, "data": data})
 
     def pytest_warning_recorded(self, warning_message: Any, when: str, nodeid: str,
                                 location: Any) -> None:
@@ -73,7 +77,7 @@ class Forwarder:
             return
         from tach.replay import serialize_warning
 
-        frames.send(self.sock, {"t": "warning", "data": {
+        frames.send(self.sock, {"t": "warning", "test": self.test, "data": {
             "warning": serialize_warning(warning_message), "when": when, "nodeid": nodeid,
             "location": list(location) if location else None}})
 
@@ -159,16 +163,23 @@ def _restart_capture(config: pytest.Config) -> None:
 
 
 class Zygote:
-    """The loop of one zygote process (the root, or a scope zygote)."""
+    """The loop of one zygote process (the root, or a scope zygote).
 
-    def __init__(self, ctx: Context, conn: socket.socket, zid: int, depth: int) -> None:
+    A zygote only forks: child zygotes for narrower scopes, and runners for batches of
+    its tests. It never runs a test itself, so a crashing test cannot take it down.
+    """
+
+    def __init__(self, ctx: Context, conn: socket.socket, zid: int, depth: int,
+                 teardown_base: list[Any]) -> None:
         self.ctx = ctx
         self.conn = conn
         self.zid = zid
         self.depth = depth  # how many levels of each item's chain this process holds
-        self.base_stack: list[Any] = []  # SetupState before this zygote pushed its nodes
+        #: what the last test of this zygote's final unit tears down to: the stack of
+        #: the nearest ancestor this zygote is not the final unit of
+        self.teardown_base = teardown_base
         self.children: dict[int, int] = {}  # pidfd -> pid
-        self.pending_out = ""  # captured fixture output owed to the next test forked
+        self.pending_out = ""  # captured fixture output owed to the next test run
         self.pending_err = ""
         self.level_fixtures: set[tuple[int, str]] = set()  # (item index, name) set up here
 
@@ -177,14 +188,14 @@ class Zygote:
         frames.send(self.conn, msg)
 
     def serve(self) -> None:
-        """Handle commands until told to exit or until this process's work is done."""
+        """Handle commands until told to exit (or the supervisor goes away)."""
         _freeze()
         poller = select.poll()
         poller.register(self.conn.fileno(), select.POLLIN)
-        registered = {self.conn.fileno()}
+        registered: set[int] = set()
         self.conn.settimeout(None)
         while True:
-            for fd in list(self.children):
+            for fd in self.children:
                 if fd not in registered:
                     poller.register(fd, select.POLLIN)
                     registered.add(fd)
@@ -213,18 +224,16 @@ class Zygote:
         self.send({"t": "exited", "pid": pid, "status": status, "maxrss": ru.ru_maxrss,
                    "utime": ru.ru_utime, "stime": ru.ru_stime})
 
-    def reap_all(self) -> None:
-        for fd in list(self.children):
-            self.reap(fd)
-
     def command(self, msg: dict[str, Any]) -> None:
         t = msg.get("t")
         if t == "run":
-            self.run(int(msg["test"]), bool(msg["inplace"]))
+            self.run(int(msg["runner"]), [int(i) for i in msg["tests"]], bool(msg["final"]),
+                     bool(msg["persistent"]))
         elif t == "spawn":
-            self.spawn(int(msg["id"]), [int(i) for i in msg["tests"]], bool(msg["inplace"]))
+            self.spawn(int(msg["id"]), [int(i) for i in msg["tests"]], bool(msg["final"]))
         elif t == "exit":
-            self.reap_all()
+            for fd in list(self.children):
+                self.reap(fd)
             os._exit(0)
 
     # -- fixtures -----------------------------------------------------------------
@@ -233,7 +242,7 @@ class Zygote:
 
         A fixture that raises is cached by pytest with its exception; each test that
         needs it gets the same error at setup, as in a plain run. Output is captured as
-        pytest would during the first test's setup and handed to the next test forked.
+        pytest would during the first test's setup and handed to the next runner.
         """
         if self.depth == 0:
             return
@@ -271,10 +280,9 @@ class Zygote:
             _freeze()
 
     def push_level(self, tests: list[int]) -> None:
-        """Push the collectors of the level this zygote now stands for."""
+        """Push the collectors of the level this zygote stands for."""
         setupstate = self.ctx.session._setupstate
-        levels = self.ctx.levels[tests[0]]
-        for col in levels[self.depth - 1].push:
+        for col in self.ctx.levels[tests[0]][self.depth - 1].push:
             if col in setupstate.stack:
                 continue
             setupstate.stack[col] = ([col.teardown], None)
@@ -284,107 +292,86 @@ class Zygote:
                 setupstate.stack[col] = (setupstate.stack[col][0], _stack_exc(exc))
 
     # -- commands -----------------------------------------------------------------
-    def spawn(self, child: int, tests: list[int], inplace: bool) -> None:
+    def spawn(self, child: int, tests: list[int], final: bool) -> None:
         self.setup_fixtures(tests)
-        if inplace:
-            self.zid = child
-            self.depth += 1
-            self.level_fixtures = set()
-            self.push_level(tests)
-            self.send({"t": "ready", "id": child})
-            return
-        pid = fork()
+        stack = list(self.ctx.session._setupstate.stack)
+        base = self.teardown_base if final else stack
+        pid = self._fork_or_fail("zygote", child)
         if pid == 0:
             try:
                 conn = self.enter_child()
-                z = Zygote(self.ctx, conn, child, self.depth + 1)
-                # What this process holds beyond its parent is what its last test tears
-                # down: everything pushed from here on, across in-place hand-overs.
-                z.base_stack = list(self.ctx.session._setupstate.stack)
+                z = Zygote(self.ctx, conn, child, self.depth + 1, base)
                 z.pending_out, z.pending_err = self.pending_out, self.pending_err
                 frames.send(conn, {"t": "hello", "role": "zygote", "id": child, "pid": os.getpid()})
                 z.push_level(tests)
                 z.send({"t": "ready", "id": child})
                 z.serve()
             except BaseException:  # noqa: BLE001 - last resort: say why, then die
-                _report_fatal(self.ctx, child)
+                _report_fatal(self.ctx, "zygote")
             os._exit(0)
-        self.pending_out = self.pending_err = ""
-        self.track(pid)
-        self.send({"t": "forked", "kind": "zygote", "id": child, "pid": pid})
+        if pid > 0:
+            self.pending_out = self.pending_err = ""
 
-    def run(self, index: int, inplace: bool) -> None:
-        self.setup_fixtures([index])
+    def run(self, runner: int, tests: list[int], final: bool, persistent: bool) -> None:
+        self.setup_fixtures(tests)
         try:
-            tconn = _connect(self.ctx.sock_path)
-            frames.send(tconn, {"t": "hello", "role": "test", "id": index, "pid": os.getpid()})
+            rconn = _connect(self.ctx.sock_path)
+            frames.send(rconn, {"t": "hello", "role": "runner", "id": runner, "pid": os.getpid()})
         except OSError as e:
-            self.send({"t": "fail", "test": index, "message": f"connecting to the supervisor: {e}"})
+            self.send({"t": "fail", "runner": runner, "message": f"connecting to the supervisor: {e}"})
             return
-        if inplace:
-            nextitem = _ScopeEnd(self.base_stack) if self.base_stack else None
-            self.reap_all()
-            TestProcess(self.ctx, index, tconn, self.pending_out, self.pending_err).run(nextitem)
-            self.finish_parametrized_level(index)
+        stack = list(self.ctx.session._setupstate.stack)
+        pid = self._fork_or_fail("runner", runner, rconn)
+        if pid == 0:
+            try:
+                self.enter_child(keep=rconn)
+                r = Runner(self.ctx, rconn, runner, stack, self.teardown_base,
+                           self.parametrized_fixtures(tests[0]), (self.pending_out, self.pending_err))
+                r.serve(tests, final, persistent)
+            except BaseException:  # noqa: BLE001
+                _report_fatal(self.ctx, f"runner {runner}", runner)
             os._exit(0)
+        rconn.close()
+        if pid > 0:
+            self.pending_out = self.pending_err = ""
+
+    def parametrized_fixtures(self, index: int) -> set[int]:
+        """ids of the fixture definitions this zygote set up for one parameter value.
+
+        Their finalizers are registered on the scope node, which the base zygote of that
+        scope owns, so a final batch that tears down only to the scope node leaves them
+        pending: Runner.finish_fixtures runs them.
+        """
+        if self.depth == 0:
+            return set()
+        level = self.ctx.levels[index][self.depth - 1]
+        if not level.parametrized:
+            return set()
+        defs = self.ctx.items[index]._fixtureinfo.name2fixturedefs
+        return {id(defs[n][-1]) for n in level.fixtures if n in defs}
+
+    def _fork_or_fail(self, kind: str, ident: int, conn: socket.socket | None = None) -> int:
+        """Fork; in the parent, track the child and tell the supervisor. Returns -1
+        (after reporting) when fork itself fails."""
         try:
             pid = fork()
         except OSError as e:
-            tconn.close()
-            self.send({"t": "fail", "test": index, "message": f"fork failed: {e}"})
-            return
-        if pid == 0:
-            try:
-                self.enter_child(keep=tconn)
-                stack = list(self.ctx.session._setupstate.stack)
-                TestProcess(self.ctx, index, tconn, self.pending_out, self.pending_err).run(
-                    _ScopeEnd(stack) if stack else None)
-            except BaseException:  # noqa: BLE001
-                _report_fatal(self.ctx, None, index)
-            os._exit(0)
-        tconn.close()
-        self.pending_out = self.pending_err = ""
-        self.track(pid)
-        self.send({"t": "forked", "kind": "test", "id": index, "pid": pid})
-
-    def finish_parametrized_level(self, index: int) -> None:
-        """Tear down what a forked parameter-value zygote set up.
-
-        Its last test's teardown stops at the scope node, which the base zygote of that
-        scope owns; the parametrized fixtures' finalizers are registered on that node
-        too (pytest registers ``partial(fixturedef.finish, request=subrequest)``). Run
-        exactly those, newest first. Errors have no test left to land on: print them.
-        """
-        levels = self.ctx.levels[index]
-        if self.depth == 0 or not levels[self.depth - 1].parametrized:
-            return
-        defs = self.ctx.items[index]._fixtureinfo.name2fixturedefs
-        mine = {id(defs[name][-1]) for name in levels[self.depth - 1].fixtures if name in defs}
-        for finalizers, _ in self.ctx.session._setupstate.stack.values():
-            for fin in reversed(list(finalizers)):
-                owner = getattr(getattr(fin, "func", None), "__self__", None)
-                if id(owner) in mine and getattr(fin.func, "__name__", "") == "finish":
-                    finalizers.remove(fin)
-                    try:
-                        fin()
-                    except Exception:  # noqa: BLE001
-                        traceback.print_exc()
+            if kind == "runner":
+                self.send({"t": "fail", "runner": ident, "message": f"fork failed: {e}"})
+            else:
+                self.send({"t": "error", "message": f"fork failed: {e}"})
+            return -1
+        if pid:
+            self.track(pid)
+            self.send({"t": "forked", "kind": kind, "id": ident, "pid": pid})
+        return pid
 
     def track(self, pid: int) -> None:
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            # Without a pidfd (kernel < 5.3) we wait for the child now: correct, serial.
-            _, status, ru = os.wait4(pid, 0)
-            self.send({"t": "exited", "pid": pid, "status": status, "maxrss": ru.ru_maxrss,
-                       "utime": ru.ru_utime, "stime": ru.ru_stime})
-            return
-        self.children[fd] = pid
+        self.children[os.pidfd_open(pid)] = pid
 
     def enter_child(self, keep: socket.socket | None = None) -> socket.socket:
         """Common setup right after fork in a child of this zygote."""
-        parent = os.getppid()
-        _die_with_parent(parent)
+        _die_with_parent(os.getppid())
         for fd in self.children:
             os.close(fd)
         self.children.clear()
@@ -421,24 +408,31 @@ def _stack_exc(exc: BaseException) -> Any:
     return state.stack[raiser][1]
 
 
-class TestProcess:
-    """Runs one test's pytest protocol and sends its reports."""
+class Runner:
+    """A process that runs batches of tests forked from one zygote, in order, with
+    pytest's own nextitem between them; the last test of a batch tears down to the
+    batch's end (the zygote's stack, or for a final batch its teardown base)."""
 
-    def __init__(self, ctx: Context, index: int, conn: socket.socket, out: str, err: str) -> None:
+    def __init__(self, ctx: Context, conn: socket.socket, rid: int, stack: list[Any],
+                 teardown_base: list[Any], param_fixtures: set[int],
+                 pending: tuple[str, str]) -> None:
         self.ctx = ctx
-        self.index = index
         self.conn = conn
-        self.pending = (out, err)
+        self.rid = rid
+        self.stack = stack  # the zygote's SetupState stack: what a batch leaves standing
+        self.teardown_base = teardown_base  # what a final batch leaves standing
+        self.param_fixtures = param_fixtures
+        self.pending = pending
 
-    def run(self, nextitem: Any) -> None:
+    def serve(self, tests: list[int], final: bool, persistent: bool) -> None:
         ctx = self.ctx
-        fault = os.open(os.path.join(ctx.fault_dir, f"{self.index}.tb"),
-                        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        faulthandler.enable(file=fault, all_threads=True)
-        faulthandler.register(signal.SIGUSR1, file=fault, all_threads=True, chain=False)
+        self.fault = os.open(os.path.join(ctx.fault_dir, f"r{self.rid}.tb"),
+                             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        faulthandler.enable(file=self.fault, all_threads=True)
+        faulthandler.register(signal.SIGUSR1, file=self.fault, all_threads=True, chain=False)
         out, err = self.pending
         if out or err:
-            # Output of the zygote's fixture setup for this test: into this test's
+            # Output of the zygote's fixture setup for these tests: into this process's
             # capture, so it shows as captured setup output like in a plain run.
             capman = ctx.session.config.pluginmanager.getplugin("capturemanager")
             if capman is not None:
@@ -450,26 +444,65 @@ class TestProcess:
             if capman is not None:
                 capman.suspend_global_capture()
         ctx.forwarder.sock = self.conn
-        item = ctx.items[self.index]
-        try:
-            item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
-        except BaseException:  # noqa: BLE001 - pytest.exit(), internal errors
-            os.write(fault, traceback.format_exc().encode())
-            raise
-        frames.send(self.conn, {"t": "done"})
-        self.conn.close()
+        self.run_batch(tests, final)
+        if not persistent:
+            return
+        self.conn.settimeout(None)
+        while True:
+            msg = frames.recv(self.conn)
+            if msg is None or msg.get("t") == "exit":
+                return
+            if msg.get("t") == "batch":
+                self.run_batch([int(i) for i in msg["tests"]], bool(msg["final"]))
+
+    def finish_fixtures(self) -> None:
+        """Run the pending finalizers of this parameter value's fixtures, newest first
+        (pytest registers ``partial(fixturedef.finish, request=subrequest)`` on the scope
+        node). Errors have no test left to land on: print them."""
+        for finalizers, _ in self.ctx.session._setupstate.stack.values():
+            for fin in reversed(list(finalizers)):
+                owner = getattr(getattr(fin, "func", None), "__self__", None)
+                if id(owner) in self.param_fixtures and getattr(fin.func, "__name__", "") == "finish":
+                    finalizers.remove(fin)
+                    try:
+                        fin()
+                    except Exception:  # noqa: BLE001
+                        traceback.print_exc()
+
+    def run_batch(self, tests: list[int], final: bool) -> None:
+        import resource
+
+        ctx = self.ctx
+        items = ctx.items
+        end = self.teardown_base if final else self.stack
+        last = _ScopeEnd(end) if end else None
+        for k, index in enumerate(tests):
+            item = items[index]
+            nextitem = items[tests[k + 1]] if k + 1 < len(tests) else last
+            frames.send(self.conn, {"t": "start", "test": index})
+            ctx.forwarder.test = index
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            try:
+                item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+                if final and k + 1 == len(tests) and self.param_fixtures:
+                    self.finish_fixtures()
+            except BaseException:  # noqa: BLE001 - pytest.exit(), internal errors
+                os.write(self.fault, traceback.format_exc().encode())
+                raise
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            frames.send(self.conn, {"t": "done", "test": index, "maxrss": after.ru_maxrss, "cpu": cpu})
 
 
-def _report_fatal(ctx: Context, zid: int | None, test: int | None = None) -> None:
-    """An exception escaped a forked process's main code: write it where the main
-    process will look for it, then let the caller exit."""
+def _report_fatal(ctx: Context, what: str, runner: int | None = None) -> None:
+    """An exception escaped a forked process's own code (not a test's: pytest reports
+    those). Write it where the main process looks for it, then exit."""
     text = traceback.format_exc()
     try:
-        if test is not None:
-            path = os.path.join(ctx.fault_dir, f"{test}.tb")
-            with open(path, "a") as f:
+        if runner is not None:
+            with open(os.path.join(ctx.fault_dir, f"r{runner}.tb"), "a") as f:
                 f.write(text)
-        sys.stderr.write(f"tach: internal error in a forked process:\n{text}")
+        sys.stderr.write(f"tach: internal error in {what}:\n{text}")
     finally:
         os._exit(1)
 
@@ -504,7 +537,7 @@ def start_root(ctx: Context) -> int:
         _restart_capture(config)
         conn = _connect(ctx.sock_path)
         frames.send(conn, {"t": "hello", "role": "zygote", "id": 0, "pid": os.getpid()})
-        Zygote(ctx, conn, 0, 0).serve()
+        Zygote(ctx, conn, 0, 0, []).serve()
     except BaseException:  # noqa: BLE001
-        _report_fatal(ctx, 0)
+        _report_fatal(ctx, "the root zygote")
     os._exit(0)
