@@ -151,6 +151,29 @@ def test_parametrized_module_fixture_set_up_once_per_value(pytester: pytest.Pyte
                                   "teardown-y", "session-teardown"]), log
 
 
+def test_scope_teardown_waits_for_every_test_of_the_scope(pytester: pytest.Pytester) -> None:
+    """The last test of a module starts while its siblings still run (it is the
+    zygote's final unit); its teardown, which tears the module down, must wait."""
+    pytester.makeconftest(SCOPES)
+    pytester.makepyfile("""
+        import time, pytest
+        from conftest import log, LOG
+        @pytest.fixture(scope="module")
+        def res():
+            yield
+            log("module-teardown")
+        def test_slow(res):
+            time.sleep(1.0)
+            assert "module-teardown" not in open(LOG).read()
+        def test_fast(res):
+            log("fast-ran")
+    """)
+    r = pytester.runpytest_subprocess("-p", "tach", "--tach-workers", "2", "-p", "no:cacheprovider")
+    r.assert_outcomes(passed=2)
+    log = (pytester.path / "log.txt").read_text().split()
+    assert log.index("fast-ran") < log.index("module-teardown")
+
+
 CRASHERS = """
     import ctypes, os, signal, time, pytest
 

@@ -11,10 +11,12 @@
 // higher-scoped fixture. Units run longest-first (by durations of earlier runs;
 // collection order when unknown); a batch's tests run in collection order.
 //
-// A zygote's last unit is dispatched only when every other one is done, and marked
-// Final: the last test it runs tears down the zygote's scope (and, if the zygote was
-// itself its parent's final unit, the parent's), right after itself, so teardown
-// happens once and a teardown error lands on that test, as in a plain pytest run.
+// A zygote's last unit is marked Final: the last test it runs tears down the zygote's
+// scope (and, if the zygote was itself its parent's final unit, the parent's), right
+// after itself, so teardown happens once and a teardown error lands on that test, as in
+// a plain pytest run. It starts as soon as it is the last unit queued; only that last
+// test's teardown waits, at a gate (GateOpen), until every other unit of the zygotes it
+// tears down is done. Waiting to start instead serialized a whole module at the tail.
 //
 // Runners are either one-shot (a fresh process per batch: --tach-isolate test and
 // module) or persistent (--tach-isolate none: a runner takes batch after batch from
@@ -87,6 +89,7 @@ type Zygote struct {
 	kids   []*Zygote // child zygotes, creation order
 	final  bool      // its last unit has been dispatched
 	told   bool      // reported by Drained
+	isLast bool      // it is its parent's final unit
 }
 
 // Runner is a process that runs batches of tests for one zygote.
@@ -264,6 +267,24 @@ func (s *Scheduler) Drained() []int {
 	return out
 }
 
+// GateOpen reports whether runner id, running its zygote's final batch, may tear that
+// zygote down (and its ancestors whose final unit it is part of): every other unit of
+// each of them is done.
+func (s *Scheduler) GateOpen(id int) bool {
+	if id < 0 || id >= len(s.runners) {
+		return false
+	}
+	for z := s.runners[id].Zygote; z != nil; z = z.Parent {
+		if len(z.queue) > 0 || z.active != 1 {
+			return false
+		}
+		if !z.isLast {
+			return true
+		}
+	}
+	return true
+}
+
 // hasWork reports whether z still has queued units of its own.
 func (s *Scheduler) hasWork(z *Zygote) bool { return z.state == ready && len(z.queue) > 0 }
 
@@ -290,7 +311,7 @@ func (s *Scheduler) find(z *Zygote) (Action, bool) {
 		return Action{}, false
 	}
 	final := len(z.queue) == 1 && z.Parent != nil
-	if (z.serial || final) && z.active > 0 {
+	if z.serial && z.active > 0 {
 		return Action{}, false
 	}
 	u := z.queue[0]
@@ -308,6 +329,7 @@ func (s *Scheduler) find(z *Zygote) (Action, bool) {
 	case u.child != nil:
 		s.busy++
 		u.child.state = spawning
+		u.child.isLast = final
 		return Action{Kind: Spawn, Zygote: z.ID, Child: u.child.ID, Key: u.child.Key,
 			Tests: u.child.tests, Final: final}, true
 	case idle != nil:

@@ -46,7 +46,7 @@ func same(n int, c []string) []Test {
 	return out
 }
 
-func TestLastUnitIsFinalAndWaitsForTheOthers(t *testing.T) {
+func TestLastUnitIsFinalAndItsTeardownWaitsForTheOthers(t *testing.T) {
 	s := New(same(3, chain("S", "M")), 2, false)
 	mustNext(t, s) // root not ready
 	s.RootReady()
@@ -62,11 +62,17 @@ func TestLastUnitIsFinalAndWaitsForTheOthers(t *testing.T) {
 		t.Fatalf("order: %+v", a)
 	}
 	s.TestDone(0)
-	mustNext(t, s) // test 2 is M's last: waits for test 1
-	s.TestDone(1)
-	a = mustNext(t, s, "run!")
+	a = mustNext(t, s, "run!") // test 2 is M's last: it starts now...
+	final := a[0].Runner
 	if a[0].Tests[0] != 2 {
 		t.Fatalf("final test = %v", a[0].Tests)
+	}
+	if s.GateOpen(final) { // ...but may not tear M down while test 1 runs
+		t.Fatal("gate open while a sibling runs")
+	}
+	s.TestDone(1)
+	if !s.GateOpen(final) {
+		t.Fatal("gate closed with nothing else left")
 	}
 	if d := s.Drained(); len(d) != 0 {
 		t.Fatalf("drained early: %v", d)
@@ -81,6 +87,30 @@ func TestLastUnitIsFinalAndWaitsForTheOthers(t *testing.T) {
 	s.ZygoteExited(2)
 	if d := s.Drained(); !reflect.DeepEqual(d, []int{1}) {
 		t.Fatalf("drained %v", d)
+	}
+}
+
+func TestGateWaitsForTheParentsOtherUnitsToo(t *testing.T) {
+	s := New([]Test{{Chain: chain("S", "A")}, {Chain: chain("S", "B")}}, 2, false)
+	s.RootReady()
+	a := mustNext(t, s, "spawn:S")
+	s.Ready(a[0].Child)
+	a = mustNext(t, s, "spawn:A", "spawn:B!")
+	za, zb := a[0].Child, a[1].Child
+	s.Ready(za)
+	s.Ready(zb)
+	a = mustNext(t, s, "run!", "run!")
+	ra, rb := a[0].Runner, a[1].Runner
+	if !s.GateOpen(ra) { // A is not S's last unit: it tears down only itself
+		t.Fatal("A's gate closed")
+	}
+	if s.GateOpen(rb) { // B's last test tears S down too: A must be gone first
+		t.Fatal("B's gate open while A lives")
+	}
+	s.TestDone(0)
+	s.ZygoteExited(za)
+	if !s.GateOpen(rb) {
+		t.Fatal("B's gate closed after A exited")
 	}
 }
 
@@ -105,10 +135,6 @@ func TestLongestFirstWithinAndAcrossGroups(t *testing.T) {
 	s.TestDone(1)
 	a = mustNext(t, s, "run!") // B's last test
 	s.TestDone(a[0].Tests[0])
-	mustNext(t, s) // A must wait until B's process has exited
-	if lost, _ := s.ZygoteExited(b); len(lost) != 0 {
-		t.Fatalf("lost %v", lost)
-	}
 	a = mustNext(t, s, "spawn:A!")
 	s.Ready(a[0].Child)
 	a = mustNext(t, s, "run")
@@ -140,17 +166,19 @@ func TestBatchesRunInOrderAndTheLastWaits(t *testing.T) {
 	s.RootReady()
 	a := mustNext(t, s, "spawn:S")
 	s.Ready(a[0].Child)
-	a = mustNext(t, s, "run") // m1 (equal weights: collection order); m2 is last: waits
-	if !reflect.DeepEqual(a[0].Tests, []int{0, 1, 2}) {
-		t.Fatalf("batch = %v", a[0].Tests)
+	a = mustNext(t, s, "run", "run!") // m1 (equal weights: collection order), then m2, the last
+	if !reflect.DeepEqual(a[0].Tests, []int{0, 1, 2}) || !reflect.DeepEqual(a[1].Tests, []int{3}) {
+		t.Fatalf("batches = %v %v", a[0].Tests, a[1].Tests)
 	}
+	last := a[1].Runner
 	s.TestDone(0)
 	s.TestDone(1)
-	mustNext(t, s)
+	if s.GateOpen(last) {
+		t.Fatal("m2 may tear down while m1 still runs")
+	}
 	s.TestDone(2)
-	a = mustNext(t, s, "run!")
-	if !reflect.DeepEqual(a[0].Tests, []int{3}) {
-		t.Fatalf("batch = %v", a[0].Tests)
+	if !s.GateOpen(last) {
+		t.Fatal("gate closed after m1 finished")
 	}
 }
 
@@ -216,18 +244,16 @@ func TestZygoteExitLosesItsUnfinishedTests(t *testing.T) {
 	a := mustNext(t, s, "spawn:S")
 	sz := a[0].Child
 	s.Ready(sz)
-	a = mustNext(t, s, "spawn:M")
+	a = mustNext(t, s, "spawn:M", "spawn:N!")
 	m := a[0].Child
 	s.Ready(m)
-	a = mustNext(t, s, "run")
+	a = mustNext(t, s, "run", "run!")
 	s.TestDone(a[0].Tests[0])
-	mustNext(t, s, "run!")
 	lost, runners := s.ZygoteExited(m) // M crashed while its last test ran
 	if !reflect.DeepEqual(lost, []int{1}) || len(runners) != 1 {
 		t.Fatalf("lost = %v runners %v", lost, runners)
 	}
-	mustNext(t, s, "spawn:N!")
-	if lost, _ = s.ZygoteExited(sz); !reflect.DeepEqual(lost, []int{2}) {
+	if lost, _ = s.ZygoteExited(sz); !reflect.DeepEqual(lost, []int{2}) { // N never got ready
 		t.Fatalf("lost = %v", lost)
 	}
 	if s.Left() != 0 || s.Busy() != 0 {
@@ -254,6 +280,7 @@ func TestSerialZygoteRunsOneUnitAtATime(t *testing.T) {
 	s.SetSerial(a[0].Child)
 	s.Ready(a[0].Child)
 	mustNext(t, s, "run")
+	mustNext(t, s)
 	s.TestDone(0)
 	mustNext(t, s, "run")
 	s.TestDone(1)

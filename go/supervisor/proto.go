@@ -23,6 +23,7 @@ import (
 //	start   {test}                              the runner begins test (its deadline starts)
 //	report  {test, data}                        a serialized pytest report
 //	warning {test, data}                        a recorded warning
+//	await   {test}                              the final test waits to tear its zygotes down
 //	done    {test, maxrss, cpu}                 the test's protocol finished
 var schema = wire.Schema{
 	"hello":   {"role": wire.String, "id": wire.Int, "pid": wire.Int},
@@ -35,6 +36,7 @@ var schema = wire.Schema{
 	"start":   {"test": wire.Int},
 	"report":  {"test": wire.Int, "data": wire.Map},
 	"warning": {"test": wire.Int, "data": wire.Map},
+	"await":   {"test": wire.Int},
 	"done":    {"test": wire.Int, "maxrss": wire.Int, "cpu": wire.Number},
 }
 

@@ -75,6 +75,7 @@ type testRun struct {
 	started  time.Time
 	deadline time.Time
 	timedOut bool
+	pausedAt time.Time // waiting at the teardown gate: its deadline does not run
 	done     bool
 	finished bool
 	maxrssKB int
@@ -94,6 +95,7 @@ type runnerProc struct {
 	ended            bool
 	killAt           time.Time
 	slotHeld         bool
+	awaiting         *testRun // its final test waits at the teardown gate
 }
 
 type zproc struct {
@@ -399,6 +401,8 @@ func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
 		}
 	case "report", "warning":
 		t.frames = append(t.frames, in.raw)
+	case "await":
+		r.awaiting, t.pausedAt = t, time.Now()
 	case "done":
 		t.done = true
 		t.maxrssKB, t.cpu = asInt(in.msg.Fields["maxrss"]), asFloat(in.msg.Fields["cpu"])
@@ -628,6 +632,16 @@ func (s *Supervisor) dispatch() {
 			}
 		}
 	}
+	for _, r := range s.runners {
+		if t := r.awaiting; t != nil && !r.ended && s.sched.GateOpen(r.id) {
+			r.awaiting = nil
+			if !t.deadline.IsZero() {
+				t.deadline = t.deadline.Add(time.Since(t.pausedAt))
+			}
+			t.pausedAt = time.Time{}
+			s.command(r.conn, map[string]any{"t": "go"})
+		}
+	}
 	for _, id := range s.sched.Drained() {
 		if z := s.zygotes[id]; z != nil {
 			s.command(z.conn, map[string]any{"t": "exit"})
@@ -711,7 +725,7 @@ func (s *Supervisor) checkTimers(now time.Time) {
 		if r.ended {
 			continue
 		}
-		if t := r.current; t != nil && !t.deadline.IsZero() && now.After(t.deadline) && !t.timedOut {
+		if t := r.current; t != nil && !t.deadline.IsZero() && t.pausedAt.IsZero() && now.After(t.deadline) && !t.timedOut {
 			t.timedOut = true
 			signalPidfd(r.pidfd, unix.SIGUSR1) // faulthandler dumps every thread's stack
 			r.killAt = now.Add(grace)

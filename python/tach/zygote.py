@@ -64,12 +64,26 @@ class Forwarder:
         self.config = config
         self.sock: socket.socket | None = None
         self.test = -1  # index of the test whose reports are being sent
+        self.gate = -1  # index of the test whose teardown must wait for the supervisor
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.sock is None:
             return
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
         frames.send(self.sock, {"t": "report", "test": self.test, "data": data})
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Any) -> Any:
+        """The last test of a zygote's final unit tears that zygote's scope down; it may
+        do so only once every other unit of the zygote is done. It ran its setup and
+        call meanwhile; here it waits for the supervisor's go."""
+        if self.sock is not None and self.test == self.gate >= 0:
+            frames.send(self.sock, {"t": "await", "test": self.test})
+            self.sock.settimeout(None)
+            msg = frames.recv(self.sock)
+            if msg is None or msg.get("t") != "go":
+                os._exit(75)  # the supervisor is gone or confused: nothing to report to
+        yield
 
     def pytest_warning_recorded(self, warning_message: Any, when: str, nodeid: str,
                                 location: Any) -> None:
@@ -476,6 +490,7 @@ class Runner:
         items = ctx.items
         end = self.teardown_base if final else self.stack
         last = _ScopeEnd(end) if end else None
+        ctx.forwarder.gate = tests[-1] if final else -1
         for k, index in enumerate(tests):
             item = items[index]
             nextitem = items[tests[k + 1]] if k + 1 < len(tests) else last
