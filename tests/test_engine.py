@@ -274,26 +274,68 @@ def test_root_zygote_death_errors_every_unreported_test(pytester: pytest.Pyteste
     assert "tach could not run" in r.stdout.str()
 
 
-def test_maxfail_stops_dispatch(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_maxfail_stops_and_still_tears_scopes_down(pytester: pytest.Pytester, mode: str) -> None:
+    pytester.makeconftest(SCOPES)
     pytester.makepyfile("""
         import time, pytest
+        from conftest import log
+        @pytest.fixture(scope="module")
+        def mod(sess):
+            yield
+            log("module-teardown")
         @pytest.mark.parametrize("i", range(20))
-        def test_x(i):
+        def test_x(i, mod):
             time.sleep(0.05)
             assert i != 2
     """)
-    r = pytester.runpytest_subprocess("-p", "tach", "--tach-workers", "1", "-x")
+    r = pytester.runpytest_subprocess("-p", "tach", "--tach-workers", "1", "-x", "--tach-isolate", mode)
     r.stdout.fnmatch_lines(["*stopping after 1 failures*"])
     r.assert_outcomes(passed=2, failed=1)
+    log = (pytester.path / "log.txt").read_text().split()
+    assert log.count("session-setup") == 1 and log.count("session-teardown") == 1, log
+    assert log.count("module-teardown") == 1, log
+
+
+def test_pytest_exit_in_a_test_ends_the_run_like_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        def test_a(): pass
+        def test_b(): pytest.exit("enough for today", returncode=3)
+        def test_c(): pass
+    """)
+    plain = pytester.runpytest_subprocess("--tach-workers", "0", "-p", "tach")
+    tached = pytester.runpytest_subprocess("-p", "tach", "--tach-workers", "1")
+    for r in (plain, tached):
+        assert r.ret == 3
+        r.stdout.fnmatch_lines(["*_pytest.outcomes.Exit: enough for today*"])
+
+
+def test_keyboard_interrupt_in_a_test_interrupts_the_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_a():\n    raise KeyboardInterrupt\ndef test_b(): pass\n")
+    r = pytester.runpytest_subprocess("-p", "tach", "--tach-workers", "1")
+    assert r.ret == pytest.ExitCode.INTERRUPTED
+    r.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
+
+
+def test_pdb_gets_the_terminal(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_fails():\n    x = 6 * 7\n    assert x == 0\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "tach", "--pdb", "-p", "no:cacheprovider"],
+                          cwd=pytester.path, input="p x\nc\n", capture_output=True, text=True, timeout=60)
+    assert "(Pdb) 42" in proc.stdout, proc.stdout[-2000:]
+    assert "1 failed" in proc.stdout
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_kills_every_process_of_the_run(pytester: pytest.Pytester, sig: int) -> None:
+    pytester.makeconftest(SCOPES)
     pytester.makepyfile("""
         import time, pytest
+        from conftest import log
         @pytest.fixture(scope="module")
-        def slow_module():
+        def slow_module(sess):
             yield
+            log("module-teardown")
         @pytest.mark.parametrize("i", range(10))
         def test_sleep(i, slow_module):
             time.sleep(30)
@@ -312,6 +354,9 @@ def test_interrupt_kills_every_process_of_the_run(pytester: pytest.Pytester, sig
     time.sleep(0.2)
     alive = [p for p in run if Path(f"/proc/{p}").exists() and _state(p) != "Z"]
     assert alive == [], f"left behind: {alive}"
+    # As pytest does on Ctrl-C, the scopes were torn down (by their zygotes), once.
+    log = (pytester.path / "log.txt").read_text().split()
+    assert log.count("module-teardown") == 1 and log.count("session-teardown") == 1, log
 
 
 def test_killing_main_process_kills_the_run(pytester: pytest.Pytester) -> None:

@@ -160,16 +160,19 @@ func pollSupervisor(in []byte) (any, error) {
 
 func stopSupervisor(in []byte) error {
 	var req struct {
-		Kill bool `msgpack:"kill"`
+		Mode string `msgpack:"mode"`
 	}
 	if err := msgpack.Unmarshal(in, &req); err != nil {
 		return valueError{fmt.Errorf("decoding stop request: %w", err)}
+	}
+	if req.Mode != supervisor.StopAbort && req.Mode != supervisor.StopKill {
+		return valueError{fmt.Errorf("stop mode %q: want %q or %q", req.Mode, supervisor.StopAbort, supervisor.StopKill)}
 	}
 	s, err := current()
 	if err != nil {
 		return err
 	}
-	s.Stop(req.Kill)
+	s.Stop(req.Mode)
 	return nil
 }
 

@@ -115,8 +115,8 @@ static PyMethodDef core_methods[] = {
      "poll(request: bytes) -> bytes\n\nWait up to request['timeout_ms'] (<= 100) for events; "
      "msgpack list of events, the last of a run being {'t': 'end'}."},
     {"stop", core_stop, METH_O,
-     "stop(request: bytes) -> bytes\n\nStop dispatching; with request['kill'], kill every "
-     "process of the run."},
+     "stop(request: bytes) -> bytes\n\nStop the run: request['mode'] 'abort' (kill runners, "
+     "let zygotes tear their scopes down) or 'kill' (kill every process at once)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -25,6 +25,8 @@ import (
 //	warning {test, data}                        a recorded warning
 //	await   {test}                              the final test waits to tear its zygotes down
 //	done    {test, maxrss, cpu}                 the test's protocol finished
+//	abort   {test, reason, code, interrupt}     the test called pytest.exit() or raised
+//	                                            KeyboardInterrupt: the whole run stops
 var schema = wire.Schema{
 	"hello":   {"role": wire.String, "id": wire.Int, "pid": wire.Int},
 	"ready":   {"id": wire.Int},
@@ -38,6 +40,7 @@ var schema = wire.Schema{
 	"warning": {"test": wire.Int, "data": wire.Map},
 	"await":   {"test": wire.Int},
 	"done":    {"test": wire.Int, "maxrss": wire.Int, "cpu": wire.Number},
+	"abort":   {"test": wire.Int, "reason": wire.String, "code": wire.Int, "interrupt": wire.Bool},
 }
 
 func asInt(v any) int {

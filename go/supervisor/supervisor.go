@@ -119,17 +119,18 @@ type Supervisor struct {
 	ended  bool
 
 	// owned by run()
-	tests     []*testRun
-	runners   map[int]*runnerProc
-	zygotes   map[int]*zproc
-	byPID     map[int]any // *runnerProc or *zproc
-	slots     []bool
-	zygFail   map[int]string // why a zygote is being killed, for the tests it loses
-	setupWait map[int]time.Time
-	stopping  bool
-	rootGone  bool
-	rootExit  *exitInfo
-	exitSent  bool
+	tests         []*testRun
+	runners       map[int]*runnerProc
+	zygotes       map[int]*zproc
+	byPID         map[int]any // *runnerProc or *zproc
+	slots         []bool
+	zygFail       map[int]string // why a zygote is being killed, for the tests it loses
+	setupWait     map[int]time.Time
+	stopping      bool
+	abortDeadline time.Time
+	rootGone      bool
+	rootExit      *exitInfo
+	exitSent      bool
 }
 
 // Start takes over cfg.ListenFD and starts supervising.
@@ -187,16 +188,50 @@ func (s *Supervisor) Poll(timeout time.Duration) (evs []Event, ended bool) {
 	return evs, ended
 }
 
-// Stop ends dispatching. With kill, every process of the run is killed and tests not
-// yet reported are dropped; without, running tests finish first.
-func (s *Supervisor) Stop(kill bool) {
+// Stop modes.
+const (
+	// StopAbort interrupts every runner (SIGUSR2: the test in progress gets a
+	// KeyboardInterrupt, then the runner tears down what it holds beyond its zygote)
+	// and asks every zygote to tear down its own scope and exit (innermost first: a
+	// zygote waits for its children), as pytest tears the session down after -x or
+	// Ctrl-C. After AbortGrace whatever is left is killed.
+	StopAbort = "abort"
+	// StopKill kills every process of the run at once.
+	StopKill = "kill"
+)
+
+// AbortGrace bounds how long scope teardown may take after a stop.
+const AbortGrace = 10 * time.Second
+
+// Stop ends the run early (see StopAbort and StopKill). Tests not yet reported are
+// dropped: the caller stops replaying once it has asked to stop.
+func (s *Supervisor) Stop(mode string) {
 	s.send(func() {
-		s.stopping = true
 		s.sched.Stop()
-		if kill {
+		if mode == StopKill {
+			s.stopping = true
 			s.killAll()
+			return
 		}
+		s.abort()
 	})
+}
+
+func (s *Supervisor) abort() {
+	if s.stopping {
+		return
+	}
+	s.stopping = true
+	s.abortDeadline = time.Now().Add(AbortGrace)
+	for _, r := range s.runners {
+		if !r.ended {
+			signalPidfd(r.pidfd, unix.SIGUSR2)
+		}
+	}
+	for _, z := range s.zygotes {
+		s.command(z.conn, map[string]any{"t": "exit", "teardown": true})
+	}
+	s.exitSent = true
 }
 
 func (s *Supervisor) send(f func()) {
@@ -298,7 +333,7 @@ func (s *Supervisor) run() {
 // it asks the root to exit when the work is done.
 func (s *Supervisor) maybeEnd() bool {
 	if !s.rootGone {
-		if (s.sched.Left() == 0 || (s.stopping && s.sched.Busy() == 0)) && !s.exitSent {
+		if s.sched.Left() == 0 && !s.exitSent {
 			s.exitSent = true
 			if z := s.zygotes[0]; z.conn != nil {
 				s.command(z.conn, map[string]any{"t": "exit"})
@@ -403,6 +438,11 @@ func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
 		t.frames = append(t.frames, in.raw)
 	case "await":
 		r.awaiting, t.pausedAt = t, time.Now()
+	case "abort":
+		f := in.msg.Fields
+		s.emit(Event{"t": "abort", "test": t.idx, "reason": f["reason"], "code": asInt(f["code"]),
+			"interrupt": f["interrupt"]})
+		s.abort()
 	case "done":
 		t.done = true
 		t.maxrssKB, t.cpu = asInt(in.msg.Fields["maxrss"]), asFloat(in.msg.Fields["cpu"])
@@ -514,8 +554,10 @@ func (s *Supervisor) connEnded(cn *conn, err error) {
 	if cn.role == "runner" {
 		r := s.runners[cn.id]
 		r.eof = true
-		if err != nil && !errors.Is(err, io.EOF) {
+		if err != nil && !errors.Is(err, io.EOF) && !s.stopping {
 			// A malformed frame: the runner's output can no longer be trusted or framed.
+			// (While stopping, an interrupted send is expected: the runner is tearing
+			// down and nothing it reports is used.)
 			if r.current != nil {
 				r.current.badFrame = true
 			}
@@ -739,6 +781,11 @@ func (s *Supervisor) checkTimers(now time.Time) {
 			r.eof = true
 			s.maybeRunnerEnded(r)
 		}
+	}
+	if !s.abortDeadline.IsZero() && now.After(s.abortDeadline) {
+		s.abortDeadline = time.Time{}
+		s.emit(Event{"t": "note", "msg": fmt.Sprintf("scope teardown after the stop took over %s: killed", AbortGrace)})
+		s.killAll()
 	}
 	for id, dl := range s.setupWait {
 		if now.After(dl) {

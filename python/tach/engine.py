@@ -92,7 +92,7 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     # Flush before forking: buffered output would otherwise be written twice.
     sys.stdout.flush()
     sys.stderr.flush()
-    root = zygote.start_root(ctx)
+    root = zygote.start_root(ctx, own_group=not config.getoption("usepdb", False))
     listen_fd = os.dup(listener.fileno())
     listener.close()
 
@@ -123,22 +123,30 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
         raise
 
     stopping = False
+    abort: dict[str, Any] | None = None
     old_term = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt("SIGTERM")
 
+    def stop(mode: str) -> None:
+        core.stop(msgpack.packb({"mode": mode}))
+
     signal.signal(signal.SIGTERM, on_term)
-    interrupted: BaseException | None = None
+    interrupted = False
     poll_req = msgpack.packb({"timeout_ms": 100})
     try:
         ended = False
         while not ended:
             try:
                 events = msgpack.unpackb(core.poll(poll_req), raw=False)
-            except KeyboardInterrupt as e:
-                interrupted = e
-                core.stop(msgpack.packb({"kill": True}))
+            except KeyboardInterrupt:
+                # First Ctrl-C: stop, letting zygotes tear their scopes down (bounded);
+                # a second one (below, while draining) kills everything.
+                interrupted = True
+                if stopping:
+                    raise
+                stop("abort")
                 stopping = True
                 continue
             for ev in events or []:
@@ -151,6 +159,9 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
                         tr = config.pluginmanager.get_plugin("terminalreporter")
                         if tr is not None:
                             tr.write_line(f"tach: {ev['msg']}")
+                elif t == "abort" and abort is None:
+                    abort = ev
+                    stopping = True
                 elif t == "test" and not stopping:
                     i = ev["idx"]
                     replay.replay(config, items[i], ev, private)
@@ -158,21 +169,22 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
                                                   float(ev.get("cpu_s", 0.0)),
                                                   int(ev.get("maxrss_kb", 0)), ev["outcome"]))
                     if session.shouldfail or session.shouldstop:
-                        core.stop(msgpack.packb({"kill": True}))
+                        stop("abort")
                         stopping = True
-    except KeyboardInterrupt as e:
-        # A second Ctrl-C while draining: kill and stop waiting.
-        interrupted = e
+    except KeyboardInterrupt:
+        interrupted = True
         try:
-            core.stop(msgpack.packb({"kill": True}))
+            stop("kill")
         finally:
             _drain(core, poll_req, deadline=time.monotonic() + 5)
     finally:
         signal.signal(signal.SIGTERM, old_term)
         shutil.rmtree(private, ignore_errors=True)
         _save_durations(config, history, result)
-    if interrupted is not None:
+    if interrupted or (abort is not None and abort.get("interrupt")):
         raise KeyboardInterrupt() from None
+    if abort is not None:
+        pytest.exit(abort["reason"], returncode=abort["code"])
     return result
 
 

@@ -117,19 +117,50 @@ def crash_text(item: pytest.Item, ev: dict[str, Any], fault_dir: str) -> str:
     except OSError:
         dump = ""
     if dump:
-        lines += ["", dump]
+        lines += ["", _trim_dump(dump)]
     return "\n".join(lines)
+
+
+def _trim_dump(dump: str) -> str:
+    """Cut each thread's stack in a faulthandler dump where tach's runner code begins:
+    the frames below it (tach, pytest's main loop, runpy) are the same for every test."""
+    out: list[str] = []
+    skipping = False
+    for line in dump.splitlines():
+        if not line.startswith("  File "):
+            skipping = False
+            out.append(line)
+        elif skipping:
+            continue
+        elif "/tach/zygote.py" in line:
+            skipping = True
+            out.append("  (tach's runner and pytest's main loop below)")
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def replay(config: pytest.Config, item: pytest.Item, ev: dict[str, Any], fault_dir: str) -> None:
     """Replay one finished test through the hooks; fabricate a report for a crash."""
     ihook = item.ihook
-    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    whens: list[str] = []
-    failed_phase = False
+    msgs: list[dict[str, Any]] = []
+    bad: Exception | None = None
     for raw in ev.get("frames", []):
         try:
-            msg = frames.decode(raw)
+            msgs.append(frames.decode(raw))
+        except Exception as e:  # noqa: BLE001 - a test can write anything to its socket
+            bad = e
+            break
+    # The runner computed the test's location for its reports; computing it again here
+    # (item.location resolves paths) cost more than the rest of the replay.
+    location = next((tuple(m["data"]["location"]) for m in msgs
+                     if m.get("t") == "report" and isinstance(m.get("data", {}).get("location"), list)),
+                    None) or item.location
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
+    whens: list[str] = []
+    failed_phase = False
+    for msg in msgs:
+        try:
             if msg["t"] == "report":
                 rep = config.hook.pytest_report_from_serializable(config=config, data=_fixup(msg["data"]))
                 if rep is None or getattr(rep, "nodeid", None) != item.nodeid:
@@ -143,20 +174,22 @@ def replay(config: pytest.Config, item: pytest.Item, ev: dict[str, Any], fault_d
             else:
                 continue
         except Exception as e:  # noqa: BLE001 - a test can write anything to its socket
-            ev = {**ev, "outcome": "crashed", "status_text": f"sent a report tach could not read ({e!r})"}
+            bad = e
             break
         ihook.pytest_runtest_logreport(report=rep)
         whens.append(rep.when)
         failed_phase = failed_phase or (rep.when == "setup" and not rep.passed)
+    if bad is not None:
+        ev = {**ev, "outcome": "crashed", "status_text": f"sent a report tach could not read ({bad!r})"}
     if ev["outcome"] != "ok" or "teardown" not in whens:
         if ev["outcome"] == "ok":  # exited cleanly without its reports: treat as a crash
             ev = {**ev, "outcome": "crashed"}
         when = "setup" if not whens else ("call" if "call" not in whens and not failed_phase else "teardown")
         rep = pytest.TestReport(
-            nodeid=item.nodeid, location=item.location,
+            nodeid=item.nodeid, location=location,
             keywords={k: 1 for k in item.keywords}, outcome="failed",
             longrepr=crash_text(item, ev, fault_dir), when=when,  # type: ignore[arg-type]
             sections=[], duration=float(ev.get("wall_s", 0.0)), user_properties=[],
         )
         ihook.pytest_runtest_logreport(report=rep)
-    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=location)

@@ -30,13 +30,14 @@ import select
 import signal
 import socket
 import sys
+import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from _pytest.outcomes import TEST_OUTCOME
+from _pytest.outcomes import TEST_OUTCOME, Exit
 
 from tach import frames
 from tach.plan import Level
@@ -65,12 +66,29 @@ class Forwarder:
         self.sock: socket.socket | None = None
         self.test = -1  # index of the test whose reports are being sent
         self.gate = -1  # index of the test whose teardown must wait for the supervisor
+        # Frames not sent yet. Each send wakes the supervisor: the teardown report
+        # waits for the test's "done" (and the next test's "start") to share one write.
+        # Setup and call reports go at once, so that a crash later still shows them.
+        self.buffer = bytearray()
+
+    def send(self, msg: dict[str, Any], flush: bool = True) -> None:
+        assert self.sock is not None
+        self.buffer += frames.encode(msg)
+        if flush:
+            self.sock.sendall(self.buffer)
+            self.buffer.clear()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.sock is None:
             return
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        frames.send(self.sock, {"t": "report", "test": self.test, "data": data})
+        self.send({"t": "report", "test": self.test, "data": data}, flush=report.when != "teardown")
+        _unstop(self.config)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> None:
+        if self.sock is not None:
+            _unstop(self.config)
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Any) -> Any:
@@ -78,7 +96,7 @@ class Forwarder:
         do so only once every other unit of the zygote is done. It ran its setup and
         call meanwhile; here it waits for the supervisor's go."""
         if self.sock is not None and self.test == self.gate >= 0:
-            frames.send(self.sock, {"t": "await", "test": self.test})
+            self.send({"t": "await", "test": self.test})
             self.sock.settimeout(None)
             msg = frames.recv(self.sock)
             if msg is None or msg.get("t") != "go":
@@ -91,9 +109,29 @@ class Forwarder:
             return
         from tach.replay import serialize_warning
 
-        frames.send(self.sock, {"t": "warning", "test": self.test, "data": {
+        self.send({"t": "warning", "test": self.test, "data": {
             "warning": serialize_warning(warning_message), "when": when, "nodeid": nodeid,
             "location": list(location) if location else None}})
+
+
+def _unstop(config: pytest.Config) -> None:
+    """Keep session.shouldfail/shouldstop unset in a runner.
+
+    Whether the run stops (-x, --maxfail, --stepwise) is decided in the main process,
+    from the replayed reports, which see every test. A runner that set them itself would
+    make pytest (>= 8) tear down everything after the current test, the scopes its
+    zygotes own included, which they then tear down again. pytest >= 8.? refuses to
+    unset them through the property; its backing attributes are the way.
+    """
+    session = getattr(config, "_tach_session", None)
+    if session is None:
+        return
+    for name in ("shouldfail", "shouldstop"):
+        if getattr(session, name, False):
+            if f"_{name}" in vars(session):
+                setattr(session, f"_{name}", False)
+            else:
+                setattr(session, name, False)
 
 
 @dataclass
@@ -192,6 +230,8 @@ class Zygote:
         #: what the last test of this zygote's final unit tears down to: the stack of
         #: the nearest ancestor this zygote is not the final unit of
         self.teardown_base = teardown_base
+        #: the parent's stack when this zygote was forked: what it pushed lies above
+        self.fork_base: list[Any] = []
         self.children: dict[int, int] = {}  # pidfd -> pid
         self.pending_out = ""  # captured fixture output owed to the next test run
         self.pending_err = ""
@@ -248,7 +288,22 @@ class Zygote:
         elif t == "exit":
             for fd in list(self.children):
                 self.reap(fd)
+            if msg.get("teardown"):
+                self.teardown()
             os._exit(0)
+
+    def teardown(self) -> None:
+        """The run was stopped early (-x, pytest.exit(), Ctrl-C): its final unit never
+        tore this zygote's scope down, so do it here, as pytest's session finish would.
+        Children are gone (reaped above); the parent tears down its own part after."""
+        if self.depth == 0:
+            return
+        try:
+            self.ctx.session._setupstate.teardown_exact(
+                _ScopeEnd(self.fork_base) if self.fork_base else None)
+        except BaseException:  # noqa: BLE001 - nothing left to report to but stderr
+            sys.stderr.write(f"tach: error tearing down {self.zid} after the run was stopped:\n")
+            traceback.print_exc()
 
     # -- fixtures -----------------------------------------------------------------
     def setup_fixtures(self, tests: list[int]) -> None:
@@ -315,6 +370,7 @@ class Zygote:
             try:
                 conn = self.enter_child()
                 z = Zygote(self.ctx, conn, child, self.depth + 1, base)
+                z.fork_base = stack
                 z.pending_out, z.pending_err = self.pending_out, self.pending_err
                 frames.send(conn, {"t": "hello", "role": "zygote", "id": child, "pid": os.getpid()})
                 z.push_level(tests)
@@ -439,6 +495,36 @@ class Runner:
         self.pending = pending
 
     def serve(self, tests: list[int], final: bool, persistent: bool) -> None:
+        # Zygotes ignore SIGINT (see start_root); a test gets Python's usual handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.stopping = False
+        signal.signal(signal.SIGUSR2, self._on_stop)
+        try:
+            self._serve(tests, final, persistent)
+        except KeyboardInterrupt:
+            if not self.stopping:
+                raise
+            self.stop_teardown()
+
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        """The run is stopping (-x, pytest.exit(), Ctrl-C): interrupt the test in
+        progress the way Ctrl-C interrupts a plain pytest run."""
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+
+    def stop_teardown(self) -> None:
+        """Tear down what this runner holds beyond its zygote (the interrupted test,
+        its class, its module under --tach-isolate module/none), as pytest's session
+        finish would after an interruption; the zygotes tear down the rest."""
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        try:
+            self.ctx.session._setupstate.teardown_exact(_ScopeEnd(self.stack) if self.stack else None)
+        except BaseException:  # noqa: BLE001 - nothing left to report to but stderr
+            sys.stderr.write("tach: error tearing down after the run was stopped:\n")
+            traceback.print_exc()
+
+    def _serve(self, tests: list[int], final: bool, persistent: bool) -> None:
         ctx = self.ctx
         self.fault = os.open(os.path.join(ctx.fault_dir, f"r{self.rid}.tb"),
                              os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -469,6 +555,12 @@ class Runner:
             if msg.get("t") == "batch":
                 self.run_batch([int(i) for i in msg["tests"]], bool(msg["final"]))
 
+    def abort(self, index: int, reason: str, code: int | None, interrupt: bool) -> None:
+        """Tell the supervisor the run must stop, then go: what pytest does with Exit
+        or KeyboardInterrupt out of a test is end the session."""
+        self.ctx.forwarder.send(_abort_frame(index, reason, code, interrupt))
+        os._exit(0)
+
     def finish_fixtures(self) -> None:
         """Run the pending finalizers of this parameter value's fixtures, newest first
         (pytest registers ``partial(fixturedef.finish, request=subrequest)`` on the scope
@@ -487,26 +579,39 @@ class Runner:
         import resource
 
         ctx = self.ctx
+        fw = ctx.forwarder
         items = ctx.items
         end = self.teardown_base if final else self.stack
         last = _ScopeEnd(end) if end else None
-        ctx.forwarder.gate = tests[-1] if final else -1
+        fw.gate = tests[-1] if final else -1
         for k, index in enumerate(tests):
             item = items[index]
             nextitem = items[tests[k + 1]] if k + 1 < len(tests) else last
-            frames.send(self.conn, {"t": "start", "test": index})
-            ctx.forwarder.test = index
-            before = resource.getrusage(resource.RUSAGE_SELF)
+            fw.send({"t": "start", "test": index})  # with the previous test's done
+            fw.test = index
+            cpu = time.process_time()
             try:
                 item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
                 if final and k + 1 == len(tests) and self.param_fixtures:
                     self.finish_fixtures()
-            except BaseException:  # noqa: BLE001 - pytest.exit(), internal errors
+            except Exit as e:  # pytest.exit() in a test ends the whole run, as in pytest
+                self.abort(index, e.msg, e.returncode, interrupt=False)
+            except KeyboardInterrupt:
+                if self.stopping:
+                    raise  # our own stop signal: serve() tears down
+                self.abort(index, "KeyboardInterrupt", int(pytest.ExitCode.INTERRUPTED), interrupt=True)
+            except BaseException:  # noqa: BLE001 - internal errors
                 os.write(self.fault, traceback.format_exc().encode())
                 raise
-            after = resource.getrusage(resource.RUSAGE_SELF)
-            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-            frames.send(self.conn, {"t": "done", "test": index, "maxrss": after.ru_maxrss, "cpu": cpu})
+            fw.send({"t": "done", "test": index, "cpu": time.process_time() - cpu,
+                     "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
+                    flush=k + 1 == len(tests))
+
+
+def _abort_frame(index: int, reason: str, code: int | None, interrupt: bool) -> dict[str, Any]:
+    if code is None:
+        code = int(pytest.ExitCode.INTERRUPTED)
+    return {"t": "abort", "test": index, "reason": str(reason), "code": int(code), "interrupt": interrupt}
 
 
 def _report_fatal(ctx: Context, what: str, runner: int | None = None) -> None:
@@ -522,33 +627,60 @@ def _report_fatal(ctx: Context, what: str, runner: int | None = None) -> None:
         os._exit(1)
 
 
-def start_root(ctx: Context) -> int:
-    """Fork the root zygote. Returns its pid in the main process; never returns in it."""
+class _SilentTerminal:
+    """Stands in for pytest's terminal reporter in forked processes: no hooks, a writer
+    to /dev/null, anything else delegated to the real (silenced) reporter."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self._tw = real._tw
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("pytest_"):
+            raise AttributeError(name)  # not a plugin of any hook
+        return getattr(self._real, name)
+
+
+def start_root(ctx: Context, own_group: bool = True) -> int:
+    """Fork the root zygote. Returns its pid in the main process; never returns in it.
+
+    With own_group the run gets its own process group: one kill reaches all of it, and
+    the terminal's Ctrl-C reaches only pytest's main process. Without (--pdb), the run
+    stays in the terminal's foreground group so a debugger in a runner can read it.
+    """
     main_pid = os.getpid()
     pid = fork()
     if pid:
-        try:
-            os.setpgid(pid, pid)
-        except OSError as e:  # the child got there first, or already exited
-            if e.errno not in (errno.EACCES, errno.ESRCH):
-                raise
+        if own_group:
+            try:
+                os.setpgid(pid, pid)
+            except OSError as e:  # the child got there first, or already exited
+                if e.errno not in (errno.EACCES, errno.ESRCH):
+                    raise
         return pid
     try:
-        try:
-            os.setpgid(0, 0)  # own process group: one kill reaches the whole run
-        except OSError:
-            pass
+        ctx.session.config._tach_session = ctx.session  # type: ignore[attr-defined]
+        if own_group:
+            try:
+                os.setpgid(0, 0)
+            except OSError:
+                pass
+        # Zygotes never act on Ctrl-C themselves: the main process stops the run.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         _die_with_parent(main_pid)
         config = ctx.session.config
         # The main process alone talks to the terminal: replayed reports are written
-        # there; here the terminal reporter would print every test a second time. It is
-        # silenced rather than unregistered: plugins reach it through
-        # config.get_terminal_writer(), and unregistering rebuilds hook callers.
+        # there; here the terminal reporter would print every test a second time. Its
+        # hooks go (they cost every runner a tenth of its time formatting reports for
+        # nobody); a stub keeps its name for plugins that look it up, e.g. through
+        # config.get_terminal_writer(). Done once, here: hook callers are rebuilt once.
         tr = config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
             from _pytest._io import TerminalWriter
 
             tr._tw = TerminalWriter(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+            config.pluginmanager.unregister(tr)
+            config.pluginmanager.register(_SilentTerminal(tr), "terminalreporter")
         _restart_capture(config)
         conn = _connect(ctx.sock_path)
         frames.send(conn, {"t": "hello", "role": "zygote", "id": 0, "pid": os.getpid()})
