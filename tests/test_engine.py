@@ -174,6 +174,91 @@ def test_scope_teardown_waits_for_every_test_of_the_scope(pytester: pytest.Pytes
     assert log.index("fast-ran") < log.index("module-teardown")
 
 
+INTERVALS = """
+    import json, os, socket, time, pytest
+    HERE = os.path.dirname(__file__)
+
+    @pytest.fixture(autouse=True)
+    def interval(request):
+        start = time.monotonic()
+        yield
+        with open(os.path.join(HERE, "intervals.jsonl"), "a") as f:
+            f.write(json.dumps([request.node.name, start, time.monotonic()]) + "\\n")
+"""
+
+
+def _overlaps(path: Path) -> list[tuple[str, str]]:
+    import json
+
+    spans = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(a[0], b[0]) for i, a in enumerate(spans) for b in spans[i + 1:]
+            if a[1] < b[2] and b[1] < a[2]]
+
+
+@pytest.mark.parametrize("how", ["socket", "ini"])
+def test_zygote_sharing_a_connection_runs_its_tests_one_at_a_time(pytester: pytest.Pytester, how: str) -> None:
+    pytester.makeconftest(INTERVALS + """
+    @pytest.fixture(scope="session")
+    def db():
+        if os.environ.get("HOW") == "socket":
+            a, b = socket.socketpair()  # stands for a connection to a database
+            yield a
+            a.close(); b.close()
+        else:
+            yield "handle"
+    """)
+    pytester.makepyfile("""
+        import time, pytest
+        @pytest.mark.parametrize("i", range(4))
+        def test_query(db, i):
+            time.sleep(0.2)
+    """)
+    if how == "ini":
+        pytester.makeini("[pytest]\ntach_serial_fixtures =\n    db\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "tach", "--tach-workers", "2", "-v",
+                           "-p", "no:cacheprovider"], cwd=pytester.path, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HOW": how})
+    assert "4 passed" in proc.stdout, proc.stdout
+    why = "connected socket" if how == "socket" else "listed in tach_serial_fixtures"
+    assert "runs its tests one at a time" in proc.stdout and why in proc.stdout, proc.stdout
+    assert _overlaps(pytester.path / "intervals.jsonl") == []
+
+
+def test_tach_serial_marker_runs_a_test_alone(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(INTERVALS)
+    pytester.makepyfile("""
+        import time, pytest
+        @pytest.mark.parametrize("i", range(6))
+        def test_parallel(i):
+            time.sleep(0.2)
+        @pytest.mark.tach_serial
+        def test_alone():
+            time.sleep(0.2)
+    """)
+    r = pytester.runpytest_subprocess("-p", "tach", "--tach-workers", "2", "-p", "no:cacheprovider")
+    r.assert_outcomes(passed=7)
+    pairs = _overlaps(pytester.path / "intervals.jsonl")
+    assert not [p for p in pairs if "test_alone" in p], pairs
+    assert pairs, "the other tests should have run in parallel"
+
+
+def test_tests_cannot_reach_the_supervisor_socket(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import os, socket
+        def test_no_listener():
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    s = socket.socket(fileno=os.dup(int(name)))
+                except OSError:
+                    continue
+                with s:
+                    if s.family == socket.AF_UNIX and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                        raise AssertionError(f"inherited a listening socket: {s.getsockname()}")
+    """)
+    r = pytester.runpytest_subprocess("-p", "tach")
+    r.assert_outcomes(passed=1)
+
+
 CRASHERS = """
     import ctypes, os, signal, time, pytest
 
@@ -237,6 +322,24 @@ def test_crash_mid_module_replaces_the_runner(pytester: pytest.Pytester, mode: s
     outcomes = outcomes_by_test(xml)
     assert sorted(outcomes.values()) == ["failed"] + ["passed"] * 5, outcomes
     r.stdout.fnmatch_lines(["*crashed while running*test_x?2?*", "*exited with code 9*"])
+
+
+@pytest.mark.parametrize("garbage", ["b'\\xff\\xff\\xff\\xff'", "b'\\x00\\x00\\x00\\x03\\xc1\\xc1\\xc1'"],
+                         ids=["oversized", "not-msgpack"])
+def test_malformed_frame_fails_the_test_and_the_run_goes_on(pytester: pytest.Pytester, garbage: str) -> None:
+    pytester.makepyfile(f"""
+        def test_writes_garbage(request):
+            sock = request.config.pluginmanager.get_plugin("tach-forwarder").sock
+            sock.sendall({garbage})
+            import time; time.sleep(5)  # killed long before this ends
+        def test_fine(): pass
+    """)
+    xml = pytester.path / "out.xml"
+    r = pytester.runpytest_subprocess("-p", "tach", f"--junitxml={xml}")
+    assert outcomes_by_test(xml) == {
+        "test_malformed_frame_fails_the_test_and_the_run_goes_on::test_writes_garbage": "failed",
+        "test_malformed_frame_fails_the_test_and_the_run_goes_on::test_fine": "passed"}
+    r.stdout.fnmatch_lines(["*crashed while running*test_writes_garbage*", "*malformed frame*"])
 
 
 def test_zygote_crash_fails_its_tests_and_the_run_goes_on(pytester: pytest.Pytester) -> None:
@@ -539,6 +642,82 @@ def test_outcomes_identical_to_plain_pytest_on_scenarios(pytester: pytest.Pytest
     assert tached == plain
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_outcomes_identical_on_a_conftest_hierarchy(pytester: pytest.Pytester, mode: str) -> None:
+    pytester.makepyfile(helpers_plugin="""
+        import pytest
+        @pytest.fixture
+        def helper(): return "plugin"
+    """)
+    pytester.makeconftest("""
+        import pytest
+        pytest_plugins = ["helpers_plugin"]
+        SEEN = []
+        @pytest.fixture(scope="session", autouse=True)
+        def session_auto(): SEEN.append("session"); yield
+    """)
+    pkg = pytester.mkpydir("pkg")
+    (pkg / "conftest.py").write_text(textwrap.dedent("""
+        import pytest
+        @pytest.fixture(scope="package", autouse=True)
+        def package_auto(): yield "pkg"
+        @pytest.fixture
+        def helper(helper): return helper + "+pkg"   # overrides and extends the plugin's
+    """))
+    (pkg / "test_a.py").write_text(textwrap.dedent("""
+        import logging, pytest
+        @pytest.fixture(scope="module", autouse=True)
+        def module_auto(): yield
+        def test_override(helper): assert helper == "plugin+pkg"
+        def test_capsys(capsys):
+            print("hello")
+            assert capsys.readouterr().out == "hello\\n"
+        def test_capsys_wrong(capsys):
+            print("hello")
+            assert capsys.readouterr().out == "bye\\n"
+        def test_caplog(caplog):
+            logging.getLogger("t").warning("careful")
+            assert "careful" in caplog.text
+        class TestAuto:
+            @pytest.fixture(scope="class", autouse=True)
+            def class_auto(self): yield
+            @pytest.fixture(autouse=True)
+            def function_auto(self): yield
+            def test_in_class(self, helper): assert helper.endswith("+pkg")
+    """))
+    sub = pytester.mkpydir("pkg/sub")
+    (sub / "conftest.py").write_text("import pytest\n@pytest.fixture\ndef helper(): return 'sub'\n")
+    (sub / "test_b.py").write_text("def test_sub(helper): assert helper == 'sub'\n"
+                                   "def test_sub_fails(helper): assert helper == 'pkg'\n")
+    pytester.makepyfile(test_top="def test_top(helper): assert helper == 'plugin'\n")
+    plain, tached = run_both(pytester, tach_args=("--tach-isolate", mode))
+    assert len(plain) == 8 and sorted(plain.values()).count("failed") == 2
+    assert tached == plain
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_async_tests_with_pytest_asyncio(pytester: pytest.Pytester, mode: str) -> None:
+    pytest.importorskip("pytest_asyncio")
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile("""
+        import asyncio, pytest
+        @pytest.fixture
+        async def value():
+            await asyncio.sleep(0)
+            return 21
+        async def test_ok(value):
+            await asyncio.sleep(0.01)
+            assert value * 2 == 42
+        async def test_fails(value):
+            assert value == 0
+        async def test_gather():
+            assert await asyncio.gather(asyncio.sleep(0, 1), asyncio.sleep(0, 2)) == [1, 2]
+    """)
+    plain, tached = run_both(pytester, tach_args=("--tach-isolate", mode))
+    assert sorted(plain.values()) == ["failed", "passed", "passed"]
+    assert tached == plain
+
+
 def test_warnings_as_errors_and_tmp_path(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""
         import warnings, pytest
@@ -551,7 +730,9 @@ def test_warnings_as_errors_and_tmp_path(pytester: pytest.Pytester) -> None:
         def test_factory(tmp_path_factory):
             assert tmp_path_factory.mktemp("x").is_dir()
     """)
-    plain, tached = run_both(pytester, "-W", "error")
+    # pytest-asyncio (installed for the async scenario) warns at configure time
+    # without its ini option, which -W error turns into an error: keep it out.
+    plain, tached = run_both(pytester, "-W", "error", "-p", "no:asyncio")
     assert plain["test_warnings_as_errors_and_tmp_path::test_warns"] == "failed"
     assert tached == plain
 

@@ -36,6 +36,8 @@ type Test struct {
 	// Batch groups tests of one zygote that a single runner runs in order ("" runs
 	// the test on its own).
 	Batch string
+	// Alone: the test runs with no other test running anywhere (tach_serial marker).
+	Alone bool
 }
 
 // Kind of an Action.
@@ -73,7 +75,8 @@ type unit struct {
 	child  *Zygote // nil for a batch
 	tests  []int
 	weight float64
-	first  int // collection position of its first test: tie-breaker
+	first  int  // collection position of its first test: tie-breaker
+	alone  bool // a test of the batch must run with nothing else running
 }
 
 // Zygote is one node of the zygote tree.
@@ -90,6 +93,11 @@ type Zygote struct {
 	final  bool      // its last unit has been dispatched
 	told   bool      // reported by Drained
 	isLast bool      // it is its parent's final unit
+	// busy counts processes doing work in this zygote's subtree: runners with an
+	// unfinished batch and zygotes still setting up. A serial zygote's descendants
+	// inherit what made it serial (a connected socket), so the whole subtree does one
+	// thing at a time.
+	busy int
 }
 
 // Runner is a process that runs batches of tests for one zygote.
@@ -100,6 +108,7 @@ type Runner struct {
 	batch      []int // tests of the current batch not yet done
 	final      bool
 	alive      bool
+	alone      bool // its batch runs with nothing else running
 }
 
 // Scheduler tracks the tree, the runners and the concurrency limit.
@@ -114,6 +123,7 @@ type Scheduler struct {
 	done       []bool
 	left       int
 	stopped    bool
+	alone      *Runner // running a batch that must run alone
 }
 
 // New builds the tree for tests. At most limit runners (and zygotes setting up) are
@@ -154,14 +164,15 @@ func New(tests []Test, limit int, persistent bool) *Scheduler {
 			if u, ok := batches[z][t.Batch]; ok {
 				u.tests = append(u.tests, i)
 				u.weight += t.Duration
+				u.alone = u.alone || t.Alone
 				continue
 			}
-			u := &unit{tests: []int{i}, weight: t.Duration, first: i}
+			u := &unit{tests: []int{i}, weight: t.Duration, first: i, alone: t.Alone}
 			batches[z][t.Batch] = u
 			z.queue = append(z.queue, u)
 			continue
 		}
-		z.queue = append(z.queue, &unit{tests: []int{i}, weight: t.Duration, first: i})
+		z.queue = append(z.queue, &unit{tests: []int{i}, weight: t.Duration, first: i, alone: t.Alone})
 	}
 	weigh(root)
 	return s
@@ -218,10 +229,11 @@ func (s *Scheduler) Ready(id int) {
 	if z := s.Zygote(id); z != nil && z.state == spawning {
 		z.state = ready
 		s.busy--
+		s.addBusy(z, -1)
 	}
 }
 
-// SetSerial makes zygote id run one unit at a time from now on.
+// SetSerial makes zygote id's subtree run one runner at a time from now on.
 func (s *Scheduler) SetSerial(id int) {
 	if z := s.Zygote(id); z != nil {
 		z.serial = true
@@ -307,14 +319,14 @@ func (s *Scheduler) find(z *Zygote) (Action, bool) {
 			return a, true
 		}
 	}
-	if len(z.queue) == 0 {
+	if len(z.queue) == 0 || s.alone != nil || s.serialBusy(z) {
 		return Action{}, false
 	}
 	final := len(z.queue) == 1 && z.Parent != nil
-	if z.serial && z.active > 0 {
+	u := z.queue[0]
+	if u.alone && s.zygotes[0].busy > 0 {
 		return Action{}, false
 	}
-	u := z.queue[0]
 	var idle *Runner
 	if u.child == nil && s.persistent {
 		idle = s.idleRunner(z)
@@ -328,26 +340,57 @@ func (s *Scheduler) find(z *Zygote) (Action, bool) {
 	switch {
 	case u.child != nil:
 		s.busy++
+		s.addBusy(u.child, 1)
 		u.child.state = spawning
 		u.child.isLast = final
 		return Action{Kind: Spawn, Zygote: z.ID, Child: u.child.ID, Key: u.child.Key,
 			Tests: u.child.tests, Final: final}, true
 	case idle != nil:
 		idle.batch, idle.final = append([]int(nil), u.tests...), final
-		s.claim(idle)
+		s.startBatch(idle, u.alone)
 		return Action{Kind: Assign, Zygote: z.ID, Runner: idle.ID, Tests: u.tests, Final: final}, true
 	}
 	s.busy++
 	r := &Runner{ID: len(s.runners), Zygote: z, Persistent: s.persistent,
 		batch: append([]int(nil), u.tests...), final: final, alive: true}
 	s.runners = append(s.runners, r)
-	s.claim(r)
+	s.startBatch(r, u.alone)
 	return Action{Kind: Run, Zygote: z.ID, Runner: r.ID, Tests: u.tests, Final: final}, true
 }
 
-func (s *Scheduler) claim(r *Runner) {
+// serialBusy reports whether a serial zygote at or above z already has work going on
+// in its subtree.
+func (s *Scheduler) serialBusy(z *Zygote) bool {
+	for a := z; a != nil; a = a.Parent {
+		if a.serial && a.busy > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Scheduler) addBusy(z *Zygote, n int) {
+	for a := z; a != nil; a = a.Parent {
+		a.busy += n
+	}
+}
+
+func (s *Scheduler) startBatch(r *Runner, alone bool) {
 	for _, i := range r.batch {
 		s.testRunner[i] = r
+	}
+	s.addBusy(r.Zygote, 1)
+	r.alone = alone
+	if alone {
+		s.alone = r
+	}
+}
+
+// endBatch undoes startBatch's accounting when r's batch ends, however it ends.
+func (s *Scheduler) endBatch(r *Runner) {
+	s.addBusy(r.Zygote, -1)
+	if s.alone == r {
+		s.alone = nil
 	}
 }
 
@@ -376,6 +419,7 @@ func (s *Scheduler) TestDone(i int) {
 // batchDone closes r's batch: its unit is done; a one-shot runner stops counting.
 func (s *Scheduler) batchDone(r *Runner) {
 	r.Zygote.active--
+	s.endBatch(r)
 	if !r.Persistent && r.alive {
 		r.alive = false
 		s.busy--
@@ -397,6 +441,7 @@ func (s *Scheduler) RunnerExited(id int, requeue bool) (rest []int) {
 		r.batch = nil
 		z := r.Zygote
 		z.active--
+		s.endBatch(r)
 		switch {
 		case requeue && z.state == ready && !s.stopped:
 			z.queue = append([]*unit{{tests: rest, first: rest[0]}}, z.queue...)
@@ -441,6 +486,7 @@ func (s *Scheduler) ZygoteExited(id int) (lost []int, runners []int) {
 func (s *Scheduler) kill(z *Zygote) (lost []int, runners []int) {
 	if z.state == spawning {
 		s.busy--
+		s.addBusy(z, -1)
 	}
 	z.state = exited
 	var owed []int
@@ -451,8 +497,11 @@ func (s *Scheduler) kill(z *Zygote) (lost []int, runners []int) {
 				r.alive = false
 				s.busy--
 			}
-			owed = append(owed, r.batch...)
-			r.batch = nil
+			if len(r.batch) > 0 {
+				owed = append(owed, r.batch...)
+				r.batch = nil
+				s.endBatch(r)
+			}
 		}
 	}
 	for _, u := range z.queue {

@@ -287,6 +287,39 @@ func TestSerialZygoteRunsOneUnitAtATime(t *testing.T) {
 	mustNext(t, s, "run!")
 }
 
+func TestSerialSubtreeRunsOneRunnerAtATime(t *testing.T) {
+	s := New([]Test{{Chain: chain("S", "A")}, {Chain: chain("S", "A")}, {Chain: chain("S", "B")}}, 4, false)
+	s.RootReady()
+	a := mustNext(t, s, "spawn:S")
+	sz := a[0].Child
+	s.SetSerial(sz) // S holds a connection; A and B are forked from it and share it
+	s.Ready(sz)
+	a = mustNext(t, s, "spawn:A") // one thing at a time in S's subtree: A sets up...
+	s.Ready(a[0].Child)
+	a = mustNext(t, s, "run") // ...then A's first test (A's children come first)
+	s.TestDone(a[0].Tests[0])
+	a = mustNext(t, s, "run!")
+	s.TestDone(a[0].Tests[0])
+	mustNext(t, s, "spawn:B!")
+}
+
+func TestAloneTestRunsWithNothingElse(t *testing.T) {
+	tests := []Test{{Chain: chain("S")}, {Chain: chain("S"), Alone: true}, {Chain: chain("S")}, {Chain: chain("S")}}
+	s := New(tests, 4, false)
+	s.RootReady()
+	a := mustNext(t, s, "spawn:S")
+	s.Ready(a[0].Child)
+	a = mustNext(t, s, "run") // test 0; test 1 must wait until nothing runs
+	s.TestDone(a[0].Tests[0])
+	a = mustNext(t, s, "run")
+	if a[0].Tests[0] != 1 {
+		t.Fatalf("want the alone test, got %v", a[0].Tests)
+	}
+	mustNext(t, s) // and nothing starts beside it
+	s.TestDone(1)
+	mustNext(t, s, "run", "run!")
+}
+
 func TestStopEndsDispatchAndRetiresIdleRunners(t *testing.T) {
 	tests := []Test{{Chain: chain("S"), Batch: "a"}, {Chain: chain("S"), Batch: "b"}, {Chain: chain("S"), Batch: "c"}}
 	s := New(tests, 1, true)

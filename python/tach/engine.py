@@ -88,7 +88,9 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     listener.bind(sock_path)
     listener.listen(128)
     ctx = zygote.Context(session=session, items=items, levels=levels, sock_path=sock_path,
-                         fault_dir=private, forwarder=forwarder)
+                         fault_dir=private, forwarder=forwarder,
+                         serial_fixtures=frozenset(settings.serial_fixtures),
+                         listen_fd=listener.fileno())
     # Flush before forking: buffered output would otherwise be written twice.
     sys.stdout.flush()
     sys.stderr.flush()
@@ -112,6 +114,7 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
         "duration": float(history.get(item.nodeid, 0.0)),
         "timeout": _timeout_for(item, settings, honour_timeout_marker),
         "batch": plan.batch_key(item) if settings.isolate != "test" else "",
+        "alone": item.get_closest_marker("tach_serial") is not None,
     } for i, item in enumerate(items)]
     try:
         core.start(msgpack.packb({"listen_fd": listen_fd, "root_pid": root,

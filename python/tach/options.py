@@ -16,6 +16,7 @@ class Settings:
     isolate: str
     timeout: float  # seconds; 0: no deadline
     report: bool
+    serial_fixtures: tuple[str, ...] = ()
 
 
 def addoption(parser: pytest.Parser) -> None:
@@ -43,6 +44,9 @@ def addoption(parser: pytest.Parser) -> None:
     parser.addini("tach_workers", "default for --tach-workers", default="auto")
     parser.addini("tach_isolate", "default for --tach-isolate", default="test")
     parser.addini("tach_timeout", "default for --tach-timeout (seconds)", default="0")
+    parser.addini("tach_serial_fixtures", "fixtures whose zygote runs its tests one at a "
+                  "time (e.g. ones holding a connection the tests would share)", type="linelist",
+                  default=[])
 
 
 def _usable_cpus() -> int:
@@ -99,4 +103,5 @@ def settings(config: pytest.Config) -> Settings:
         isolate=parse_isolate(*pick("tach_isolate", "tach_isolate")),
         timeout=parse_timeout(*pick("tach_timeout", "tach_timeout")),
         report=bool(config.getoption("tach_report")),
+        serial_fixtures=tuple(config.getini("tach_serial_fixtures")),
     )

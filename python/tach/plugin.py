@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import tach
@@ -22,10 +24,12 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = options.settings(config)  # raises UsageError on a bad value
     if config.getoption("usepdb", False) and settings.workers > 1:
         # One test at a time, so the debugger owns the terminal.
-        settings = options.Settings(1, settings.isolate, settings.timeout, settings.report)
+        settings = dataclasses.replace(settings, workers=1)
     config.stash[_SETTINGS] = settings
     config.addinivalue_line("markers", "timeout(seconds): tach's per-test deadline "
                             "(when pytest-timeout is not installed)")
+    config.addinivalue_line("markers", "tach_serial: under tach, run this test with no "
+                            "other test running at the same time")
     from tach.zygote import Forwarder
 
     fw = Forwarder(config)

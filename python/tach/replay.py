@@ -103,10 +103,11 @@ def crash_text(item: pytest.Item, ev: dict[str, Any], fault_dir: str) -> str:
         lines.append(f"tach could not run '{item.nodeid}': {ev.get('reason', '')}")
     else:
         lines.append(f"worker 'tach{slot}' crashed while running '{item.nodeid}'")
-        if ev.get("status_text"):
+        if ev.get("frame_error"):
+            lines.append("the test process wrote a malformed frame to tach's connection, "
+                         "so tach killed it")
+        elif ev.get("status_text"):
             lines.append(f"the test process {ev['status_text']}")
-        elif ev.get("frame_error"):
-            lines.append("the test process sent a malformed frame and was killed")
         if ev.get("done") is False and ev.get("exit_code") == 0:
             lines.append("it exited with status 0 before reporting (os._exit(0)? closed "
                          "tach's connection?)")

@@ -144,7 +144,10 @@ class Context:
     sock_path: str
     fault_dir: str
     forwarder: Forwarder
-    root_pgid: int = 0
+    #: fixtures that make the zygote setting them up serial (ini tach_serial_fixtures)
+    serial_fixtures: frozenset[str] = frozenset()
+    #: the supervisor's listening socket, inherited by the root zygote: closed there
+    listen_fd: int = -1
 
 
 class _ScopeEnd:
@@ -236,6 +239,9 @@ class Zygote:
         self.pending_out = ""  # captured fixture output owed to the next test run
         self.pending_err = ""
         self.level_fixtures: set[tuple[int, str]] = set()  # (item index, name) set up here
+        self.serial = False  # told the supervisor its children must run one at a time
+        self.runners: set[int] = set()  # pids of live runner children
+        self.deferred: list[dict[str, Any]] = []  # run commands held back while serial
 
     # -- plumbing -----------------------------------------------------------------
     def send(self, msg: dict[str, Any]) -> None:
@@ -271,15 +277,23 @@ class Zygote:
     def reap(self, pidfd: int) -> None:
         pid = self.children.pop(pidfd)
         os.close(pidfd)
+        self.runners.discard(pid)
         try:
             _, status, ru = os.wait4(pid, 0)
         except ChildProcessError:
             return
         self.send({"t": "exited", "pid": pid, "status": status, "maxrss": ru.ru_maxrss,
                    "utime": ru.ru_utime, "stime": ru.ru_stime})
+        if self.deferred and not self.runners:
+            self.command(self.deferred.pop(0))
 
     def command(self, msg: dict[str, Any]) -> None:
         t = msg.get("t")
+        if t == "run" and self.serial and self.runners:
+            # The supervisor may have sent this before it heard this zygote turned
+            # serial; a second runner must not share the connection with the first.
+            self.deferred.append(msg)
+            return
         if t == "run":
             self.run(int(msg["runner"]), [int(i) for i in msg["tests"]], bool(msg["final"]),
                      bool(msg["persistent"]))
@@ -318,6 +332,7 @@ class Zygote:
         capman = self.ctx.session.config.pluginmanager.getplugin("capturemanager")
         if capman is not None:
             capman.resume_global_capture()
+        did_setup = False
         try:
             for i in tests:
                 levels = self.ctx.levels[i]
@@ -328,6 +343,9 @@ class Zygote:
                     if (i, name) in self.level_fixtures:
                         continue
                     self.level_fixtures.add((i, name))
+                    did_setup = True
+                    if name in self.ctx.serial_fixtures:
+                        self.make_serial(f"it set up fixture {name!r}, listed in tach_serial_fixtures")
                     # pytest >= 9 asks that the requesting item be active (on the
                     # SetupState stack); it is, for the length of this request. Only
                     # higher-scoped fixtures are requested here, and they register
@@ -347,6 +365,23 @@ class Zygote:
                 self.pending_out += out
                 self.pending_err += err
             _freeze()
+        if did_setup:
+            self.check_sockets()
+
+    def make_serial(self, why: str) -> None:
+        if not self.serial:
+            self.serial = True
+            self.send({"t": "serial", "id": self.zid, "why": why})
+
+    def check_sockets(self) -> None:
+        """A connected socket set up here would be shared by every process forked from
+        this zygote: two tests talking over one connection at once corrupt each other's
+        conversation. Such a zygote runs its subtree one process at a time."""
+        if self.serial:
+            return
+        found = connected_sockets(exclude={self.conn.fileno()})
+        if found:
+            self.make_serial(f"it holds a connected socket ({found[0]}) its children would share")
 
     def push_level(self, tests: list[int]) -> None:
         """Push the collectors of the level this zygote stands for."""
@@ -359,6 +394,7 @@ class Zygote:
                 col.setup()
             except TEST_OUTCOME as exc:  # as SetupState.setup: re-raised for each test
                 setupstate.stack[col] = (setupstate.stack[col][0], _stack_exc(exc))
+        self.check_sockets()  # setup_module and friends may have connected
 
     # -- commands -----------------------------------------------------------------
     def spawn(self, child: int, tests: list[int], final: bool) -> None:
@@ -371,6 +407,7 @@ class Zygote:
                 conn = self.enter_child()
                 z = Zygote(self.ctx, conn, child, self.depth + 1, base)
                 z.fork_base = stack
+                z.serial = self.serial  # what made this zygote serial is inherited
                 z.pending_out, z.pending_err = self.pending_out, self.pending_err
                 frames.send(conn, {"t": "hello", "role": "zygote", "id": child, "pid": os.getpid()})
                 z.push_level(tests)
@@ -392,6 +429,8 @@ class Zygote:
             return
         stack = list(self.ctx.session._setupstate.stack)
         pid = self._fork_or_fail("runner", runner, rconn)
+        if pid > 0:
+            self.runners.add(pid)
         if pid == 0:
             try:
                 self.enter_child(keep=rconn)
@@ -450,6 +489,33 @@ class Zygote:
         if keep is not None:
             return keep
         return _connect(self.ctx.sock_path)
+
+
+def connected_sockets(exclude: set[int]) -> list[str]:
+    """This process's connected sockets (fds not in exclude), described."""
+    found = []
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        fd = int(name)
+        if fd in exclude:
+            continue
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            peer = sock.getpeername()
+            found.append(f"fd {fd}, {sock.family.name}, peer {peer!r}")
+        except OSError:
+            pass  # not connected: listening, or unconnected datagram
+        finally:
+            sock.close()
+    return found
 
 
 def _stack_exc(exc: BaseException) -> Any:
@@ -660,6 +726,8 @@ def start_root(ctx: Context, own_group: bool = True) -> int:
         return pid
     try:
         ctx.session.config._tach_session = ctx.session  # type: ignore[attr-defined]
+        if ctx.listen_fd >= 0:
+            os.close(ctx.listen_fd)  # the supervisor's end: no test may accept on it
         if own_group:
             try:
                 os.setpgid(0, 0)
