@@ -30,7 +30,7 @@ go-check:
 		echo "gofmt: these files need formatting:"; echo "$$unformatted"; exit 1; fi
 	inc=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
 	export CGO_CFLAGS="-I$$inc"; \
-	$(GO) vet ./... && $(GO) test ./...
+	$(GO) vet ./... && $(GO) test -race ./...
 
 py-test:
 	py=$$(build/venv.sh $(PYTHON)); \

@@ -1,0 +1,256 @@
+package supervisor
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tach-dev/tach/go/wire"
+	"github.com/vmihailenco/msgpack/v5"
+	"golang.org/x/sys/unix"
+)
+
+// fake speaks the Python side of the protocol on one connection.
+type fake struct {
+	t *testing.T
+	c net.Conn
+	r *wire.Reader
+}
+
+func dial(t *testing.T, path string, hello map[string]any) *fake {
+	t.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fake{t: t, c: c, r: wire.NewReader(c, 0)}
+	f.send(hello)
+	return f
+}
+
+func (f *fake) send(m map[string]any) {
+	f.t.Helper()
+	b, err := encodeFrame(m)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if _, err := f.c.Write(b); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fake) recv() map[string]any {
+	f.t.Helper()
+	_ = f.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	p, err := f.r.Next()
+	if err != nil {
+		f.t.Fatalf("reading a command: %v", err)
+	}
+	var m map[string]any
+	if err := msgpack.Unmarshal(p, &m); err != nil {
+		f.t.Fatal(err)
+	}
+	return m
+}
+
+func num(v any) int {
+	switch x := v.(type) {
+	case int8:
+		return int(x)
+	case int16:
+		return int(x)
+	case int32:
+		return int(x)
+	case int64:
+		return int(x)
+	case uint8:
+		return int(x)
+	case uint16:
+		return int(x)
+	case uint32:
+		return int(x)
+	case uint64:
+		return int(x)
+	}
+	return -1
+}
+
+// start runs a supervisor over n tests in one session zygote. The "root zygote" is a
+// real child process (sleep) because the supervisor reaps it with wait4.
+func start(t *testing.T, n int, workers int) (*Supervisor, string, *exec.Cmd) {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false) // the supervisor gets the listening socket, the path stays
+	ln.Close()
+	root := exec.Command("sleep", "60")
+	if err := root.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tests := make([]TestSpec, n)
+	for i := range tests {
+		tests[i] = TestSpec{NodeID: "t.py::t" + string(rune('a'+i)), Chain: []string{"session"}}
+	}
+	s, err := Start(Config{ListenFD: int(f.Fd()), RootPID: root.Process.Pid, Workers: workers, Tests: tests})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = root.Process.Kill() })
+	return s, path, root
+}
+
+// collect polls until the run ends and returns its test events by index.
+func collect(t *testing.T, s *Supervisor) map[int]Event {
+	t.Helper()
+	out := map[int]Event{}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		evs, _ := s.Poll(50 * time.Millisecond)
+		for _, e := range evs {
+			switch e["t"] {
+			case "test":
+				out[e["idx"].(int)] = e
+			case "end":
+				return out
+			}
+		}
+	}
+	t.Fatal("the run did not end")
+	return nil
+}
+
+func TestOneRunnerPerTestAndCleanEnd(t *testing.T) {
+	s, path, root := start(t, 2, 1)
+	rootConn := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": 0, "pid": root.Process.Pid})
+	cmd := rootConn.recv()
+	if cmd["t"] != "spawn" || cmd["key"] != "session" {
+		t.Fatalf("root got %v", cmd)
+	}
+	zid := num(cmd["id"])
+	zyg := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": zid, "pid": os.Getpid()})
+	zyg.send(map[string]any{"t": "ready", "id": zid})
+	for i := 0; i < 2; i++ {
+		run := zyg.recv()
+		if run["t"] != "run" {
+			t.Fatalf("zygote got %v", run)
+		}
+		rid, test := num(run["runner"]), num(run["tests"].([]any)[0])
+		if final := run["final"].(bool); final != (i == 1) {
+			t.Fatalf("run %d final=%v", i, final)
+		}
+		r := dial(t, path, map[string]any{"t": "hello", "role": "runner", "id": rid, "pid": os.Getpid()})
+		zyg.send(map[string]any{"t": "forked", "kind": "runner", "id": rid, "pid": 1_000_000 + rid})
+		r.send(map[string]any{"t": "start", "test": test})
+		r.send(map[string]any{"t": "report", "test": test, "data": map[string]any{"when": "call"}})
+		r.send(map[string]any{"t": "done", "test": test, "maxrss": 1024, "cpu": 0.01})
+		r.c.Close()
+		zyg.send(map[string]any{"t": "exited", "pid": 1_000_000 + rid, "status": 0, "maxrss": 1024, "utime": 0.0, "stime": 0.0})
+	}
+	if cmd := zyg.recv(); cmd["t"] != "exit" {
+		t.Fatalf("drained zygote got %v", cmd)
+	}
+	zyg.c.Close()
+	rootConn.send(map[string]any{"t": "exited", "pid": os.Getpid(), "status": 0, "maxrss": 0, "utime": 0.0, "stime": 0.0})
+	if cmd := rootConn.recv(); cmd["t"] != "exit" {
+		t.Fatalf("root got %v at the end", cmd)
+	}
+	_ = root.Process.Kill() // the fake root "exits"
+	evs := collect(t, s)
+	for i := 0; i < 2; i++ {
+		e := evs[i]
+		if e == nil || e["outcome"] != "ok" || len(e["frames"].([]any)) != 1 {
+			t.Fatalf("test %d: %v", i, e)
+		}
+	}
+}
+
+func TestCrashAndMalformedFrameAreClassified(t *testing.T) {
+	s, path, root := start(t, 2, 2)
+	rootConn := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": 0, "pid": root.Process.Pid})
+	zid := num(rootConn.recv()["id"])
+	zyg := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": zid, "pid": os.Getpid()})
+	zyg.send(map[string]any{"t": "ready", "id": zid})
+	runs := []map[string]any{zyg.recv(), zyg.recv()}
+	// Runner A dies of SIGSEGV mid-test; runner B writes garbage.
+	for i, run := range runs {
+		rid, test := num(run["runner"]), num(run["tests"].([]any)[0])
+		r := dial(t, path, map[string]any{"t": "hello", "role": "runner", "id": rid, "pid": os.Getpid()})
+		r.send(map[string]any{"t": "start", "test": test})
+		if i == 0 {
+			r.c.Close()
+			status := int(unix.SIGSEGV) // a raw wait status: killed by signal 11
+			zyg.send(map[string]any{"t": "forked", "kind": "runner", "id": rid, "pid": 2_000_000 + rid})
+			zyg.send(map[string]any{"t": "exited", "pid": 2_000_000 + rid, "status": status, "maxrss": 0, "utime": 0.0, "stime": 0.0})
+		} else {
+			zyg.send(map[string]any{"t": "forked", "kind": "runner", "id": rid, "pid": 3_000_000 + rid})
+			_, _ = r.c.Write([]byte{0xff, 0xff, 0xff, 0xff})
+			zyg.send(map[string]any{"t": "exited", "pid": 3_000_000 + rid, "status": int(unix.SIGKILL), "maxrss": 0, "utime": 0.0, "stime": 0.0})
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	got := map[int]Event{}
+	for len(got) < 2 && time.Now().Before(deadline) {
+		evs, _ := s.Poll(50 * time.Millisecond)
+		for _, e := range evs {
+			if e["t"] == "test" {
+				got[e["idx"].(int)] = e
+			}
+		}
+	}
+	var segv, bad Event
+	for _, e := range got {
+		if e["frame_error"] == true {
+			bad = e
+		} else {
+			segv = e
+		}
+	}
+	if segv == nil || segv["outcome"] != "crashed" || segv["status_text"] != "was killed by SIGSEGV (signal 11)" {
+		t.Fatalf("segfault event: %v", segv)
+	}
+	if bad == nil || bad["outcome"] != "crashed" {
+		t.Fatalf("malformed-frame event: %v (all: %v)", bad, got)
+	}
+	s.Stop(StopKill)
+}
+
+func TestDescribeStatus(t *testing.T) {
+	cases := map[int]string{
+		0:                 "exited with code 0",
+		3 << 8:            "exited with code 3",
+		int(unix.SIGABRT): "was killed by SIGABRT (signal 6)",
+		int(unix.SIGKILL): "was killed by SIGKILL (signal 9)",
+		int(unix.SIGSEGV): "was killed by SIGSEGV (signal 11)",
+		-1:                "ended in an unknown way",
+	}
+	for status, want := range cases {
+		if got := describeStatus(status); got != want {
+			t.Errorf("describeStatus(%#x) = %q, want %q", status, got, want)
+		}
+	}
+}
+
+func TestSchemaRejectsWhatAPythonProcessMustNotSend(t *testing.T) {
+	bad := []map[string]any{
+		{"t": "hello", "role": "runner", "id": "seven", "pid": 1}, // wrong kind
+		{"t": "done", "test": 1},                                  // missing fields
+		{"t": "exec", "cmd": "rm -rf /"},                          // unknown type
+	}
+	for _, m := range bad {
+		p, _ := msgpack.Marshal(m)
+		if _, err := schema.Decode(p); err == nil {
+			t.Errorf("accepted %v", m)
+		}
+	}
+}
