@@ -17,6 +17,10 @@ class Settings:
     timeout: float  # seconds; 0: no deadline
     report: bool
     serial_fixtures: tuple[str, ...] = ()
+    threads: int = 1
+    iterations: int = 1
+    skip_thread_unsafe: bool = False
+    require_gil_disabled: bool = False
 
 
 def addoption(parser: pytest.Parser) -> None:
@@ -41,12 +45,51 @@ def addoption(parser: pytest.Parser) -> None:
         "--tach-report", dest="tach_report", action="store_true", default=False,
         help="show the slowest and the most memory-hungry tests (wall, CPU, max RSS)",
     )
+    group.addoption(
+        "--tach-threads", dest="tach_threads", metavar="N|auto", default=None,
+        help="free-threading stress mode: run each test's body in N threads at once "
+        "(default 1: off); markers parallel_threads_limit(n), force_parallel_threads(n), "
+        "thread_unsafe adjust it per test. ini: tach_threads",
+    )
+    group.addoption(
+        "--tach-iterations", dest="tach_iterations", metavar="M", default=None,
+        help="call each test's body M times in every thread (default 1); marker "
+        "iterations(n). ini: tach_iterations",
+    )
+    group.addoption(
+        "--tach-skip-thread-unsafe", dest="tach_skip_thread_unsafe", action="store_true",
+        default=False, help="skip tests found thread-unsafe instead of running them in one thread",
+    )
+    group.addoption(
+        "--tach-require-gil-disabled", dest="tach_require_gil_disabled", action="store_true",
+        default=False, help="on a free-threaded build, fail the run (exit 1) if an import "
+        "re-enables the GIL; without it the summary warns",
+    )
     parser.addini("tach_workers", "default for --tach-workers", default="auto")
+    parser.addini("tach_threads", "default for --tach-threads", default="1")
+    parser.addini("tach_iterations", "default for --tach-iterations", default="1")
+    # pytest-run-parallel's ini keys, read the same way; it registers them itself when
+    # installed (registering twice is an error).
+    if not _installed("pytest-run-parallel"):
+        parser.addini("thread_unsafe_fixtures", "fixtures that make a test run single-threaded "
+                      "in tach's stress mode", type="linelist", default=[])
+        parser.addini("thread_unsafe_functions", "functions (module.name) whose use makes a "
+                      "test run single-threaded in tach's stress mode", type="linelist", default=[])
     parser.addini("tach_isolate", "default for --tach-isolate", default="test")
     parser.addini("tach_timeout", "default for --tach-timeout (seconds)", default="0")
     parser.addini("tach_serial_fixtures", "fixtures whose zygote runs its tests one at a "
                   "time (e.g. ones holding a connection the tests would share)", type="linelist",
                   default=[])
+
+
+def _installed(dist: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _usable_cpus() -> int:
@@ -67,6 +110,20 @@ def parse_workers(value: str, source: str) -> int:
     if n < 0:
         raise pytest.UsageError(
             f"{source}: expected a non-negative integer or 'auto', got {value!r}")
+    return n
+
+
+def parse_count(value: str, source: str) -> int:
+    """A positive count or 'auto' (threads)."""
+    v = value.strip().lower()
+    if v == "auto":
+        return _usable_cpus()
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise pytest.UsageError(f"{source}: expected a positive integer or 'auto', got {value!r}")
     return n
 
 
@@ -98,10 +155,22 @@ def settings(config: pytest.Config) -> Settings:
             return str(v), f"--{opt.replace('_', '-')}"
         return str(config.getini(ini)), f"ini option {ini}"
 
+    workers_value, workers_source = pick("tach_workers", "tach_workers")
+    threads = parse_count(*pick("tach_threads", "tach_threads"))
+    workers = parse_workers(workers_value, workers_source)
+    if workers_value.strip().lower() == "auto" and threads > 1 and workers > 0:
+        # Stress threads need cores of their own to race: with 8 threads per test on
+        # 2 CPUs, two tests at once halve each one's real parallelism (measured: the
+        # unlocked-counter race was caught in 7 of 10 trials instead of 10).
+        workers = max(1, workers // threads)
     return Settings(
-        workers=parse_workers(*pick("tach_workers", "tach_workers")),
+        workers=workers,
         isolate=parse_isolate(*pick("tach_isolate", "tach_isolate")),
         timeout=parse_timeout(*pick("tach_timeout", "tach_timeout")),
         report=bool(config.getoption("tach_report")),
         serial_fixtures=tuple(config.getini("tach_serial_fixtures")),
+        threads=threads,
+        iterations=parse_count(*pick("tach_iterations", "tach_iterations")),
+        skip_thread_unsafe=bool(config.getoption("tach_skip_thread_unsafe")),
+        require_gil_disabled=bool(config.getoption("tach_require_gil_disabled")),
     )

@@ -35,6 +35,28 @@ def pytest_configure(config: pytest.Config) -> None:
     fw = Forwarder(config)
     config.stash[_FORWARDER] = fw
     config.pluginmanager.register(fw, "tach-forwarder")
+    _configure_stress(config, settings)
+
+
+def _configure_stress(config: pytest.Config, settings: options.Settings) -> None:
+    from tach import stress
+
+    other = config.pluginmanager.has_plugin("run-parallel")
+    theirs = str(getattr(config.option, "parallel_threads", "1")) not in ("1", "None")
+    if other and (settings.threads > 1 or settings.iterations > 1 or theirs):
+        raise pytest.UsageError(
+            "pytest-run-parallel is active in this run too, and both would run test bodies in "
+            "threads. Use tach's --tach-threads/--tach-iterations (its markers, fixtures and "
+            "ini keys work the same) and disable the other with -p no:run-parallel.")
+    for line, doc in stress.MARKERS.items():
+        config.addinivalue_line("markers", f"{line}: {doc} (tach stress mode)")
+    plugin = stress.StressPlugin(config, settings.threads, settings.iterations,
+                                 settings.skip_thread_unsafe, settings.require_gil_disabled)
+    config.pluginmanager.register(plugin, "tach-stress")
+    if not other:  # its fixtures have the same names and meaning
+        from tach import stressfixtures
+
+        config.pluginmanager.register(stressfixtures, "tach-stress-fixtures")
 
 
 def _engine_active(config: pytest.Config) -> bool:
@@ -42,12 +64,20 @@ def _engine_active(config: pytest.Config) -> bool:
     return s is not None and s.workers > 0 and not config.option.collectonly
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from tach import gil
+
     s = config.stash[_SETTINGS]
     if s.workers == 0:
-        return f"tach {tach.__version__}: --tach-workers 0, tests run in-process"
-    timeout = f", timeout {s.timeout:g}s" if s.timeout else ""
-    return f"tach {tach.__version__}: {s.workers} workers, isolate={s.isolate}{timeout}"
+        lines = [f"tach {tach.__version__}: --tach-workers 0, tests run in-process"]
+    else:
+        timeout = f", timeout {s.timeout:g}s" if s.timeout else ""
+        lines = [f"tach {tach.__version__}: {s.workers} workers, isolate={s.isolate}{timeout}"]
+    if s.threads > 1 or s.iterations > 1:
+        lines.append(f"tach stress: {s.threads} threads x {s.iterations} iterations per test")
+    build = "free-threaded build" if gil.free_threaded_build() else "build with the GIL"
+    lines.append(f"tach python: {build}, GIL {'enabled' if gil.gil_enabled() else 'disabled'} now")
+    return lines
 
 
 @pytest.hookimpl(tryfirst=True)

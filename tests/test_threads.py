@@ -1,0 +1,348 @@
+"""Free-threading stress mode (--tach-threads / --tach-iterations) end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import FREE_THREADED, outcomes_by_test, requires_free_threading
+
+BASE = ("-p", "tach", "-p", "no:cacheprovider", "-p", "no:asyncio")
+
+
+def run(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict[str, str]]:
+    xml = pytester.path / "out.xml"
+    r = pytester.runpytest_subprocess(*BASE, f"--junitxml={xml}", *args)
+    return r, outcomes_by_test(xml) if xml.exists() else {}
+
+
+def test_option_errors(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    for opt, bad in (("--tach-threads", "0"), ("--tach-threads", "many"), ("--tach-iterations", "-1")):
+        r = pytester.runpytest_subprocess(*BASE, opt, bad)
+        assert r.ret == pytest.ExitCode.USAGE_ERROR
+        r.stderr.fnmatch_lines([f"*{opt}: expected a positive integer or 'auto', got '{bad}'*"])
+
+
+def test_markers_and_fixtures_follow_pytest_run_parallel(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import threading, pytest
+        SEEN = {}
+        LOCK = threading.Lock()
+        def record(key, value):
+            with LOCK:
+                SEEN.setdefault(key, set()).add(value)
+
+        def test_defaults(num_parallel_threads, num_iterations, thread_index, iteration_index, tmp_path):
+            assert (num_parallel_threads, num_iterations) == (4, 3)
+            record("pairs", (thread_index, iteration_index))
+            record("tmp", str(tmp_path))
+        def test_check_defaults():
+            pass
+        @pytest.mark.parallel_threads(1)
+        def test_single(num_parallel_threads):
+            assert num_parallel_threads == 1
+        @pytest.mark.parallel_threads_limit(2)
+        def test_limit(num_parallel_threads, thread_index):
+            assert num_parallel_threads == 2 and thread_index in (0, 1)
+        @pytest.mark.force_parallel_threads(6)
+        def test_force(num_parallel_threads, thread_index):
+            assert num_parallel_threads == 6 and 0 <= thread_index < 6
+        @pytest.mark.iterations(5)
+        def test_iterations(num_iterations, iteration_index):
+            assert num_iterations == 5 and 0 <= iteration_index < 5
+        def test_thread_comp(thread_comp, thread_index):
+            thread_comp(value=42)
+            with pytest.raises(AssertionError, match="differs between threads"):
+                thread_comp(value=thread_index)
+        @pytest.fixture
+        def check(num_parallel_threads, num_iterations):
+            yield
+            # all 4 x 3 (thread, iteration) pairs, each thread in its own tmp_path
+            assert SEEN["pairs"] == {(t, i) for t in range(4) for i in range(3)}
+            assert len(SEEN["tmp"]) == 4
+        def test_zz_seen(check):
+            pass
+    """)
+    # test mode would give each test a fresh process; module mode keeps SEEN across tests
+    r, outcomes = run(pytester, "--tach-threads", "4", "--tach-iterations", "3", "--tach-isolate", "module", "-v")
+    assert set(outcomes.values()) == {"passed"}, r.stdout.str()
+    r.stdout.fnmatch_lines(["*test_defaults PASSED ?4 threads * 3?*", "*test_single PASSED ?single-threaded?*",
+                            "*test_limit PASSED ?2 threads * 3?*", "*test_force PASSED ?6 threads * 3?*",
+                            "*test_iterations PASSED ?4 threads * 5?*"])
+
+
+def test_failures_are_counted_with_the_first_traceback_of_each_type(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        def test_mixed(thread_index, iteration_index):
+            if thread_index == 1:
+                raise KeyError(iteration_index)
+            if thread_index == 2 and iteration_index < 2:
+                assert iteration_index == 99
+    """)
+    r, outcomes = run(pytester, "--tach-threads", "4", "--tach-iterations", "5")
+    assert outcomes == {"test_failures_are_counted_with_the_first_traceback_of_each_type::test_mixed": "failed"}
+    out = r.stdout.str()
+    assert "7 of 20 calls failed (4 threads x 5 iterations): KeyError x5, AssertionError x2" in out
+    assert "KeyError: 0" in out and "assert 0 == 99" in out
+    assert "first KeyError: thread 1, iteration 0" in out
+
+
+def test_thread_unsafe_detection(pytester: pytest.Pytester) -> None:
+    pytester.makeini("""
+        [pytest]
+        thread_unsafe_fixtures = shared_db
+        thread_unsafe_functions = helpers.not_threadsafe
+    """)
+    pytester.makepyfile(helpers="""
+        import gc
+        def not_threadsafe(): pass
+        def cleans(): gc.collect()
+        def deeper(): cleans()
+    """)
+    pytester.makepyfile(test_unsafe="""
+        import warnings, pytest
+        from unittest import mock
+        import helpers
+
+        @pytest.fixture
+        def shared_db(): return {}
+
+        def test_safe(num_parallel_threads): assert num_parallel_threads == 3
+        @pytest.mark.thread_unsafe(reason="talks to a printer")
+        def test_marked(num_parallel_threads): assert num_parallel_threads == 1
+        def test_capsys(capsys, num_parallel_threads): assert num_parallel_threads == 1
+        def test_ini_fixture(shared_db, num_parallel_threads): assert num_parallel_threads == 1
+        @mock.patch("os.getcwd")
+        def test_mock_decorator(getcwd, num_parallel_threads): assert num_parallel_threads == 1
+        def test_warns(num_parallel_threads):
+            assert num_parallel_threads == 1
+            with pytest.warns(UserWarning):
+                warnings.warn("x", UserWarning)
+        def test_two_levels(num_parallel_threads):
+            helpers.deeper()
+            assert num_parallel_threads == 1
+        def test_ini_function(num_parallel_threads):
+            helpers.not_threadsafe()
+            assert num_parallel_threads == 1
+        def test_flag(num_parallel_threads):
+            __thread_safe__ = False
+            assert num_parallel_threads == 1
+    """)
+    r, outcomes = run(pytester, "--tach-threads", "3")
+    assert set(outcomes.values()) == {"passed"}, r.stdout.str()
+    out = r.stdout.str()
+    for nodeid, why in [("test_marked", "talks to a printer"), ("test_capsys", "capsys"),
+                        ("test_ini_fixture", "shared_db"), ("test_mock_decorator", "unittest.mock.patch"),
+                        ("test_two_levels", "gc.collect"), ("test_ini_function", "helpers.not_threadsafe"),
+                        ("test_flag", "__thread_safe__ = False")]:
+        assert any(nodeid in line and why in line for line in out.splitlines()), (nodeid, why, out)
+    if not FREE_THREADED or sys.version_info < (3, 14):
+        assert any("test_warns" in line and "pytest.warns" in line for line in out.splitlines())
+    r, outcomes = run(pytester, "--tach-threads", "3", "--tach-skip-thread-unsafe")
+    assert outcomes["test_unsafe::test_safe"] == "passed"
+    assert outcomes["test_unsafe::test_capsys"] == "skipped"
+
+
+def test_refuses_to_double_run_with_pytest_run_parallel(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+        def pytest_configure(config):
+            config.pluginmanager.register(object(), "run-parallel")  # stands for the plugin
+    """)
+    pytester.makepyfile("def test_x(): pass")
+    r = pytester.runpytest_subprocess(*BASE, "--tach-threads", "2")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*pytest-run-parallel is active in this run too*-p no:run-parallel*"])
+
+
+def test_header_says_build_and_gil_state(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    r = pytester.runpytest_subprocess(*BASE)
+    build = "free-threaded build, GIL disabled now" if FREE_THREADED else "build with the GIL, GIL enabled now"
+    r.stdout.fnmatch_lines([f"tach python: {build}"])
+
+
+# -- proof on real races: free-threaded CPython ----------------------------------------
+
+RACES = """
+    import threading, time, pytest
+
+    class Counter:
+        n = 0
+
+    @pytest.fixture
+    def counter(num_parallel_threads, num_iterations):
+        c = Counter()
+        yield c
+        assert c.n == num_parallel_threads * num_iterations * 1000, f"lost updates: {c.n}"
+
+    LOCK = threading.Lock()
+
+    @pytest.mark.parametrize("trial", range(10))
+    def test_unlocked(counter, trial):
+        for _ in range(1000):  # one += per call races too rarely on 2 cores to prove much
+            counter.n += 1
+
+    @pytest.mark.parametrize("trial", range(10))
+    def test_locked(counter, trial):
+        for _ in range(1000):
+            with LOCK:
+                counter.n += 1
+"""
+
+
+@requires_free_threading
+def test_unlocked_counter_race_is_caught_and_the_locked_one_passes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_races=RACES)
+    r, outcomes = run(pytester, "--tach-threads", "8", "--tach-iterations", "100")
+    unlocked = [o for k, o in outcomes.items() if "test_unlocked" in k]
+    locked = [o for k, o in outcomes.items() if "test_locked" in k]
+    assert len(unlocked) == len(locked) == 10
+    assert sum(o == "error" for o in unlocked) >= 9, outcomes  # teardown finds lost updates
+    assert locked == ["passed"] * 10, outcomes
+
+
+@requires_free_threading
+def test_classic_races_are_caught(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_classic="""
+        import time
+
+        def items():
+            i = 0
+            while True:  # endless: the only way next() can fail here is the race
+                yield i
+                i += 1
+        SHARED = items()
+        def test_shared_generator():
+            out = []
+            for _ in range(50):
+                out.append(next(SHARED))  # two threads inside one generator: ValueError
+
+        _cache = None
+        BUILT = []
+        def get_cache():
+            global _cache
+            if _cache is None:
+                BUILT.append(1)
+                time.sleep(0.002)  # a slow initializer: others arrive meanwhile
+                _cache = {"ready": True}
+            return _cache
+        def test_lazy_global_cache():
+            get_cache()
+            assert len(BUILT) == 1, f"built {len(BUILT)} times"
+
+        REGISTRY = {}
+        MADE = []
+        def make(key):
+            MADE.append(key)
+            time.sleep(0.002)  # a slow constructor
+            return object()
+        def test_dict_check_then_set(iteration_index):
+            key = f"k{iteration_index}"
+            if key not in REGISTRY:
+                REGISTRY[key] = make(key)
+            assert MADE.count(key) == 1, f"{key} made {MADE.count(key)} times"
+    """)
+    r, outcomes = run(pytester, "--tach-threads", "8", "--tach-iterations", "100")
+    assert outcomes == {f"test_classic::{t}": "failed" for t in
+                        ("test_shared_generator", "test_lazy_global_cache", "test_dict_check_then_set")}, r.stdout.str()
+    out = r.stdout.str()
+    # CPython 3.13t's generators are not thread-safe: two threads in one generator get
+    # "generator already executing" or crash the interpreter outright (seen here:
+    # SIGSEGV). Either way the test fails, and a crash takes only its own process.
+    assert ("generator already executing" in out
+            or "crashed while running 'test_classic.py::test_shared_generator'" in out)
+    assert "built" in out and "made" in out
+
+
+def _build_extension(tmp: Path, name: str, gil_slot: bool, body: str) -> None:
+    slot = "{Py_mod_gil, Py_MOD_GIL_NOT_USED}," if gil_slot else ""
+    src = tmp / f"{name}.c"
+    src.write_text(textwrap.dedent(f"""
+        #define PY_SSIZE_T_CLEAN
+        #include <Python.h>
+        {body}
+        static PyMethodDef methods[] = {{{{"use", use, METH_NOARGS, ""}}, {{NULL, NULL, 0, NULL}}}};
+        static PyModuleDef_Slot slots[] = {{
+        #ifdef Py_GIL_DISABLED
+            {slot}
+        #endif
+            {{0, NULL}}}};
+        static struct PyModuleDef def = {{PyModuleDef_HEAD_INIT, "{name}", NULL, 0, methods, slots}};
+        PyMODINIT_FUNC PyInit_{name}(void) {{ return PyModuleDef_Init(&def); }}
+    """))
+    out = tmp / f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", f"-I{sysconfig.get_paths()['include']}",
+                    str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
+
+
+RACY_C = """
+    static volatile int inside = 0;
+    static PyObject *use(PyObject *m, PyObject *a) {
+        Py_BEGIN_ALLOW_THREADS
+        if (__sync_fetch_and_add(&inside, 1) != 0) {  /* not reentrant: crashes on overlap */
+            volatile int *p = 0;
+            *p = 1;
+        }
+        for (volatile long i = 0; i < 2000000; i++) {}
+        __sync_fetch_and_sub(&inside, 1);
+        Py_END_ALLOW_THREADS
+        Py_RETURN_NONE;
+    }
+"""
+
+
+@requires_free_threading
+def test_extension_segfault_under_threads_is_contained(pytester: pytest.Pytester) -> None:
+    _build_extension(pytester.path, "racy", gil_slot=True, body=RACY_C)
+    pytester.makepyfile(test_ext="import racy\ndef test_racy(): racy.use()\ndef test_other(): pass\n")
+    r, outcomes = run(pytester, "--tach-threads", "4")
+    assert outcomes == {"test_ext::test_racy": "failed", "test_ext::test_other": "passed"}, r.stdout.str()
+    r.stdout.fnmatch_lines(["*crashed while running 'test_ext.py::test_racy'*",
+                            "*killed by SIGSEGV*", "*Fatal Python error: Segmentation fault*"])
+
+
+@requires_free_threading
+def test_deadlock_is_killed_with_every_threads_stack(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_dead="""
+        import threading, time
+        A, B = threading.Lock(), threading.Lock()
+        def test_deadlock(thread_index):
+            first, second = (A, B) if thread_index % 2 else (B, A)
+            with first:
+                time.sleep(0.2)
+                with second:
+                    pass
+    """)
+    r, outcomes = run(pytester, "--tach-threads", "2", "--tach-timeout", "3")
+    assert outcomes == {"test_dead::test_deadlock": "failed"}
+    out = r.stdout.str()
+    assert "Timeout (>3s)" in out
+    assert out.count("in test_deadlock") >= 2  # both stuck threads' stacks
+
+
+@requires_free_threading
+@pytest.mark.parametrize("where", ["collection", "test"])
+def test_gil_re_enabling_import_is_named(pytester: pytest.Pytester, where: str) -> None:
+    _build_extension(pytester.path, "needs_gil", gil_slot=False,
+                     body="static PyObject *use(PyObject *m, PyObject *a) { Py_RETURN_NONE; }")
+    if where == "collection":
+        pytester.makepyfile(test_gil="import needs_gil\ndef test_a(): pass\n")
+        context = "collection of test_gil.py"
+    else:
+        pytester.makepyfile(test_gil="def test_a():\n    import needs_gil\n")
+        context = "test test_gil.py::test_a"
+    for extra in ((), ("-W", "error"), ("-p", "no:warnings")):
+        r, _ = run(pytester, "--tach-threads", "2", *extra)
+        r.stdout.fnmatch_lines(["*the GIL was re-enabled*",
+                                f"importing 'needs_gil' during {context} enabled the GIL"])
+        if extra != ("-W", "error"):  # there the import itself fails, as in plain pytest
+            assert r.ret == pytest.ExitCode.OK, r.stdout.str()
+    r, _ = run(pytester, "--tach-threads", "2", "--tach-require-gil-disabled")
+    assert r.ret == pytest.ExitCode.TESTS_FAILED
