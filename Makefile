@@ -57,7 +57,13 @@ demo:
 		|| ! grep -q "Timeout (>2s) in 'examples/demo/test_crashes.py::test_hangs'" $$out \
 		|| ! grep -q "2 failed, 11 passed" $$out; then \
 		rm -f $$out; echo "make demo: unexpected result (exit $$rc)"; exit 1; fi; \
-	rm -f $$out; echo; echo "make demo: as expected: 11 passed, the segfault and the hang contained"
+	rm -f $$out; echo; echo "make demo: as expected: 11 passed, the segfault and the hang contained"; \
+	echo; echo "== pytest -p tach --tach-threads 4 --tach-iterations 10 examples/threads (stress mode finds a race)"; \
+	out=$$(mktemp); rc=0; \
+	$$py -m pytest -p tach --tach-threads 4 --tach-iterations 10 -p no:cacheprovider -v examples/threads $(PYTEST_ARGS) | tee $$out || rc=$$?; \
+	if [ $$rc -ne 1 ] || ! grep -q "the config was built" $$out || ! grep -q "1 failed, 1 passed" $$out; then \
+		rm -f $$out; echo "make demo: unexpected result (exit $$rc)"; exit 1; fi; \
+	rm -f $$out; echo; echo "make demo: as expected: the unlocked cache race was found, the locked version passed"
 
 dev:
 	$(PYTHON) -m pip install -e .

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import pytest
 
 import tach
 from tach import options
-from tach.engine import RunResult
+
+if TYPE_CHECKING:
+    from tach.engine import RunResult
 
 _SETTINGS = pytest.StashKey[options.Settings]()
 _FORWARDER = pytest.StashKey["object"]()
-_RESULT = pytest.StashKey[RunResult]()
+_RESULT = pytest.StashKey["RunResult"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
                             "(when pytest-timeout is not installed)")
     config.addinivalue_line("markers", "tach_serial: under tach, run this test with no "
                             "other test running at the same time")
-    from tach.zygote import Forwarder
+    from tach.forward import Forwarder
 
     fw = Forwarder(config)
     config.stash[_FORWARDER] = fw
@@ -72,7 +75,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines = [f"tach {tach.__version__}: --tach-workers 0, tests run in-process"]
     else:
         timeout = f", timeout {s.timeout:g}s" if s.timeout else ""
-        lines = [f"tach {tach.__version__}: {s.workers} workers, isolate={s.isolate}{timeout}"]
+        workers = f"{s.workers} worker{'s' if s.workers != 1 else ''}"
+        lines = [f"tach {tach.__version__}: {workers}, isolate={s.isolate}{timeout}"]
     if s.threads > 1 or s.iterations > 1:
         lines.append(f"tach stress: {s.threads} threads x {s.iterations} iterations per test")
     build = "free-threaded build" if gil.free_threaded_build() else "build with the GIL"

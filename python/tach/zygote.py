@@ -33,13 +33,14 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from _pytest.outcomes import TEST_OUTCOME, Exit
 
 from tach import frames
+from tach.forward import Forwarder
 from tach.plan import Level
 
 PR_SET_PDEATHSIG = 1
@@ -54,84 +55,6 @@ def _libc() -> Any:
 
 
 _LIBC = _libc()
-
-
-class Forwarder:
-    """Registered in the main process before the first fork (so no process re-registers
-    plugins: that would rebuild hook callers and dirty memory in every test process).
-    Inert where ``sock`` is None, i.e. everywhere but in a test process."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.sock: socket.socket | None = None
-        self.test = -1  # index of the test whose reports are being sent
-        self.gate = -1  # index of the test whose teardown must wait for the supervisor
-        # Frames not sent yet. Each send wakes the supervisor: the teardown report
-        # waits for the test's "done" (and the next test's "start") to share one write.
-        # Setup and call reports go at once, so that a crash later still shows them.
-        self.buffer = bytearray()
-
-    def send(self, msg: dict[str, Any], flush: bool = True) -> None:
-        assert self.sock is not None
-        self.buffer += frames.encode(msg)
-        if flush:
-            self.sock.sendall(self.buffer)
-            self.buffer.clear()
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.sock is None:
-            return
-        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        self.send({"t": "report", "test": self.test, "data": data}, flush=report.when != "teardown")
-        _unstop(self.config)
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> None:
-        if self.sock is not None:
-            _unstop(self.config)
-
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Any) -> Any:
-        """The last test of a zygote's final unit tears that zygote's scope down; it may
-        do so only once every other unit of the zygote is done. It ran its setup and
-        call meanwhile; here it waits for the supervisor's go."""
-        if self.sock is not None and self.test == self.gate >= 0:
-            self.send({"t": "await", "test": self.test})
-            self.sock.settimeout(None)
-            msg = frames.recv(self.sock)
-            if msg is None or msg.get("t") != "go":
-                os._exit(75)  # the supervisor is gone or confused: nothing to report to
-        yield
-
-    def pytest_warning_recorded(self, warning_message: Any, when: str, nodeid: str,
-                                location: Any) -> None:
-        if self.sock is None:
-            return
-        from tach.replay import serialize_warning
-
-        self.send({"t": "warning", "test": self.test, "data": {
-            "warning": serialize_warning(warning_message), "when": when, "nodeid": nodeid,
-            "location": list(location) if location else None}})
-
-
-def _unstop(config: pytest.Config) -> None:
-    """Keep session.shouldfail/shouldstop unset in a runner.
-
-    Whether the run stops (-x, --maxfail, --stepwise) is decided in the main process,
-    from the replayed reports, which see every test. A runner that set them itself would
-    make pytest (>= 8) tear down everything after the current test, the scopes its
-    zygotes own included, which they then tear down again. pytest >= 8.? refuses to
-    unset them through the property; its backing attributes are the way.
-    """
-    session = getattr(config, "_tach_session", None)
-    if session is None:
-        return
-    for name in ("shouldfail", "shouldstop"):
-        if getattr(session, name, False):
-            if f"_{name}" in vars(session):
-                setattr(session, f"_{name}", False)
-            else:
-                setattr(session, name, False)
 
 
 @dataclass

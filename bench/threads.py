@@ -1,0 +1,99 @@
+"""Stress mode against pytest-run-parallel: same suite, same threads x iterations,
+interleaved runs, median wall time (issue: "thread-stress overhead ... <= 1.3x").
+
+Also times collection (--co) of 2000 tests with and without --tach-threads, since
+thread-unsafe detection must not slow collection (tach analyses lazily, in the runner).
+
+Usage: python bench/threads.py [--reps N] [--threads 4] [--iterations 10]
+Needs pytest-run-parallel installed beside tach (for the comparison only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from engine import run_once  # bench/engine.py
+
+SUITE = '''
+import threading
+LOCK = threading.Lock()
+SHARED = {{}}
+
+def test_work_{i}(thread_index):
+    total = 0
+    for k in range(3000):
+        total += k * k
+    with LOCK:
+        SHARED[thread_index] = total
+    assert total == 8995500500
+'''
+
+
+def make_suite(root: Path, n: int) -> None:
+    per = 50
+    for m in range(n // per):
+        (root / f"test_s{m}.py").write_text("".join(SUITE.format(i=i) for i in range(per)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--tests", type=int, default=200)
+    args = ap.parse_args()
+    py = sys.executable
+    t, it = str(args.threads), str(args.iterations)
+    tools = {
+        "pytest-run-parallel": ["-p", "no:tach", "--parallel-threads", t, "--iterations", it],
+        "tach": ["-p", "tach", "-p", "no:run-parallel", "--tach-threads", t, "--tach-iterations", it],
+    }
+    print(f"# stress mode vs pytest-run-parallel: {sys.version.split()[0]}"
+          f"{' (free-threaded)' if 'free-threading' in sys.version else ''}, "
+          f"{args.tests} tests, {t} threads x {it} iterations, median of {args.reps}\n")
+    print("| tool | wall s | x run-parallel |")
+    print("|---|---:|---:|")
+    root = Path(tempfile.mkdtemp(prefix="tach-bench-threads-"))
+    try:
+        make_suite(root, args.tests)
+        walls: dict[str, list[float]] = {k: [] for k in tools}
+        for _ in range(args.reps):
+            for name, extra in tools.items():
+                walls[name].append(run_once(py, root, extra)[0])
+        base = statistics.median(walls["pytest-run-parallel"])
+        for name in tools:
+            m = statistics.median(walls[name])
+            print(f"| {name} | {m:.2f} | {m / base:.2f} |")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    root = Path(tempfile.mkdtemp(prefix="tach-bench-collect-"))
+    try:
+        for m in range(20):
+            (root / f"test_c{m}.py").write_text(
+                "import pytest\n" + "".join(f"def test_{i}(): pass\n" for i in range(100)))
+        co = {"plain --co": ["-p", "no:run-parallel", "--co"],
+              "tach --co": ["-p", "tach", "-p", "no:run-parallel", "--co"],
+              "tach --co --tach-threads 8": ["-p", "tach", "-p", "no:run-parallel", "--co", "--tach-threads", "8"]}
+        times: dict[str, list[float]] = {k: [] for k in co}
+        for _ in range(args.reps):
+            for name, extra in co.items():
+                times[name].append(run_once(py, root, extra)[0])
+        print("\n| collection of 2000 tests | wall s | x tach --co |")
+        print("|---|---:|---:|")
+        ref = statistics.median(times["tach --co"])
+        for name in co:
+            m = statistics.median(times[name])
+            print(f"| {name} | {m:.2f} | {m / ref:.2f} |")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
