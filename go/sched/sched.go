@@ -204,17 +204,6 @@ func (s *Scheduler) Zygote(id int) *Zygote {
 	return s.zygotes[id]
 }
 
-// ZygoteOf returns the id of the zygote test i runs under.
-func (s *Scheduler) ZygoteOf(i int) int { return s.testZyg[i].ID }
-
-// RunnerOf returns the runner test i was given to, or -1.
-func (s *Scheduler) RunnerOf(i int) int {
-	if r := s.testRunner[i]; r != nil {
-		return r.ID
-	}
-	return -1
-}
-
 // Left is the number of tests not yet done (finished or lost).
 func (s *Scheduler) Left() int { return s.left }
 

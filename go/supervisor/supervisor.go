@@ -122,6 +122,8 @@ type Supervisor struct {
 	// owned by run()
 	tests         []*testRun
 	runners       map[int]*runnerProc
+	live          map[int]*runnerProc // runners not ended: what the timers look at
+	waiting       map[int]*runnerProc // runners whose final test waits at the teardown gate
 	zygotes       map[int]*zproc
 	byPID         map[int]any // *runnerProc or *zproc
 	slots         []bool
@@ -161,7 +163,8 @@ func Start(cfg Config) (*Supervisor, error) {
 		cfg: cfg, sched: sched.New(specs, cfg.Workers, cfg.Persistent), ln: ul,
 		in: make(chan input, 256), control: make(chan func(), 8), rootEnd: make(chan exitInfo, 1),
 		wake: make(chan struct{}, 1), tests: make([]*testRun, len(cfg.Tests)),
-		runners: map[int]*runnerProc{}, zygotes: map[int]*zproc{}, byPID: map[int]any{},
+		runners: map[int]*runnerProc{}, live: map[int]*runnerProc{}, waiting: map[int]*runnerProc{},
+		zygotes: map[int]*zproc{}, byPID: map[int]any{},
 		slots: make([]bool, cfg.Workers), zygFail: map[int]string{}, setupWait: map[int]time.Time{},
 	}
 	root := &zproc{id: 0, pid: cfg.RootPID, pidfd: openPidfd(cfg.RootPID)}
@@ -224,10 +227,8 @@ func (s *Supervisor) abort() {
 	}
 	s.stopping = true
 	s.abortDeadline = time.Now().Add(AbortGrace)
-	for _, r := range s.runners {
-		if !r.ended {
-			signalPidfd(r.pidfd, unix.SIGUSR2)
-		}
+	for _, r := range s.live {
+		signalPidfd(r.pidfd, unix.SIGUSR2)
 	}
 	for _, z := range s.zygotes {
 		s.command(z.conn, map[string]any{"t": "exit", "teardown": true})
@@ -439,6 +440,7 @@ func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
 		t.frames = append(t.frames, in.raw)
 	case "await":
 		r.awaiting, t.pausedAt = t, time.Now()
+		s.waiting[r.id] = r
 	case "abort":
 		f := in.msg.Fields
 		s.emit(Event{"t": "abort", "test": t.idx, "reason": f["reason"], "code": asInt(f["code"]),
@@ -613,6 +615,8 @@ func (s *Supervisor) runnerEnded(r *runnerProc, failure string) {
 
 func (s *Supervisor) closeRunner(r *runnerProc) {
 	r.ended = true
+	delete(s.live, r.id)
+	delete(s.waiting, r.id)
 	closePidfd(&r.pidfd)
 	s.releaseSlot(r)
 	if r.conn != nil && !r.conn.closed {
@@ -662,6 +666,7 @@ func (s *Supervisor) dispatch() {
 		case sched.Run:
 			r := &runnerProc{id: a.Runner, zygote: a.Zygote, pidfd: -1, slot: s.takeSlot(), slotHeld: true}
 			s.runners[a.Runner] = r
+			s.live[a.Runner] = r
 			s.assign(r, a.Tests)
 			s.command(z.conn, map[string]any{"t": "run", "runner": a.Runner, "tests": a.Tests,
 				"final": a.Final, "persistent": s.cfg.Persistent})
@@ -675,9 +680,10 @@ func (s *Supervisor) dispatch() {
 			}
 		}
 	}
-	for _, r := range s.runners {
+	for _, r := range s.waiting {
 		if t := r.awaiting; t != nil && !r.ended && s.sched.GateOpen(r.id) {
 			r.awaiting = nil
+			delete(s.waiting, r.id)
 			if !t.deadline.IsZero() {
 				t.deadline = t.deadline.Add(time.Since(t.pausedAt))
 			}
@@ -764,10 +770,7 @@ func (s *Supervisor) finish(t *testRun, outcome, reason string, ended *runnerPro
 // deadlines, and a bound on waiting for a dead runner's connection to drain.
 func (s *Supervisor) checkTimers(now time.Time) {
 	grace := seconds(s.cfg.KillGrace)
-	for _, r := range s.runners {
-		if r.ended {
-			continue
-		}
+	for _, r := range s.live {
 		if t := r.current; t != nil && !t.deadline.IsZero() && t.pausedAt.IsZero() && now.After(t.deadline) && !t.timedOut {
 			t.timedOut = true
 			signalPidfd(r.pidfd, unix.SIGUSR1) // faulthandler dumps every thread's stack

@@ -99,31 +99,18 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def parse_workers(value: str, source: str) -> int:
-    v = value.strip().lower()
+def parse_int_or_auto(value: object, source: str, minimum: int) -> int:
+    """An integer >= minimum, or 'auto': the CPUs this process may use."""
+    v = str(value).strip().lower()
     if v == "auto":
         return _usable_cpus()
     try:
         n = int(v)
     except ValueError:
-        n = -1
-    if n < 0:
-        raise pytest.UsageError(
-            f"{source}: expected a non-negative integer or 'auto', got {value!r}")
-    return n
-
-
-def parse_count(value: str, source: str) -> int:
-    """A positive count or 'auto' (threads)."""
-    v = value.strip().lower()
-    if v == "auto":
-        return _usable_cpus()
-    try:
-        n = int(v)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise pytest.UsageError(f"{source}: expected a positive integer or 'auto', got {value!r}")
+        n = minimum - 1
+    if n < minimum:
+        kind = "non-negative" if minimum == 0 else "positive"
+        raise pytest.UsageError(f"{source}: expected a {kind} integer or 'auto', got {value!r}")
     return n
 
 
@@ -156,8 +143,8 @@ def settings(config: pytest.Config) -> Settings:
         return str(config.getini(ini)), f"ini option {ini}"
 
     workers_value, workers_source = pick("tach_workers", "tach_workers")
-    threads = parse_count(*pick("tach_threads", "tach_threads"))
-    workers = parse_workers(workers_value, workers_source)
+    threads = parse_int_or_auto(*pick("tach_threads", "tach_threads"), minimum=1)
+    workers = parse_int_or_auto(workers_value, workers_source, minimum=0)
     if workers_value.strip().lower() == "auto" and threads > 1 and workers > 0:
         # Stress threads need cores of their own to race: with 8 threads per test on
         # 2 CPUs, two tests at once halve each one's real parallelism (measured: the
@@ -170,7 +157,7 @@ def settings(config: pytest.Config) -> Settings:
         report=bool(config.getoption("tach_report")),
         serial_fixtures=tuple(config.getini("tach_serial_fixtures")),
         threads=threads,
-        iterations=parse_count(*pick("tach_iterations", "tach_iterations")),
+        iterations=parse_int_or_auto(*pick("tach_iterations", "tach_iterations"), minimum=1),
         skip_thread_unsafe=bool(config.getoption("tach_skip_thread_unsafe")),
         require_gil_disabled=bool(config.getoption("tach_require_gil_disabled")),
     )

@@ -50,17 +50,9 @@ def warnings_are_thread_safe() -> bool:
 
 
 def _auto_or_int(value: Any, what: str) -> int:
-    if value == "auto":
-        from tach.options import _usable_cpus
+    from tach.options import parse_int_or_auto
 
-        return _usable_cpus()
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise pytest.UsageError(f"{what}: expected an integer or 'auto', got {value!r}") from None
-    if n < 1:
-        raise pytest.UsageError(f"{what}: expected at least 1, got {n}")
-    return n
+    return parse_int_or_auto(value, what, minimum=1)
 
 
 @dataclass(frozen=True)
