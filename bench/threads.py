@@ -40,6 +40,15 @@ def make_suite(root: Path, n: int) -> None:
         (root / f"test_s{m}.py").write_text("".join(SUITE.format(i=i) for i in range(per)))
 
 
+def medians(py: str, root: Path, variants: dict[str, list[str]], reps: int) -> dict[str, float]:
+    """Median wall time of each variant, run interleaved (A B A B ...)."""
+    walls: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(reps):
+        for name, extra in variants.items():
+            walls[name].append(run_once(py, root, extra)[0])
+    return {k: statistics.median(v) for k, v in walls.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
@@ -61,14 +70,9 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="tach-bench-threads-"))
     try:
         make_suite(root, args.tests)
-        walls: dict[str, list[float]] = {k: [] for k in tools}
-        for _ in range(args.reps):
-            for name, extra in tools.items():
-                walls[name].append(run_once(py, root, extra)[0])
-        base = statistics.median(walls["pytest-run-parallel"])
-        for name in tools:
-            m = statistics.median(walls[name])
-            print(f"| {name} | {m:.2f} | {m / base:.2f} |")
+        med = medians(py, root, tools, args.reps)
+        for name, m in med.items():
+            print(f"| {name} | {m:.2f} | {m / med['pytest-run-parallel']:.2f} |")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -80,16 +84,11 @@ def main() -> int:
         co = {"plain --co": ["-p", "no:run-parallel", "--co"],
               "tach --co": ["-p", "tach", "-p", "no:run-parallel", "--co"],
               "tach --co --tach-threads 8": ["-p", "tach", "-p", "no:run-parallel", "--co", "--tach-threads", "8"]}
-        times: dict[str, list[float]] = {k: [] for k in co}
-        for _ in range(args.reps):
-            for name, extra in co.items():
-                times[name].append(run_once(py, root, extra)[0])
+        med = medians(py, root, co, args.reps)
         print("\n| collection of 2000 tests | wall s | x tach --co |")
         print("|---|---:|---:|")
-        ref = statistics.median(times["tach --co"])
-        for name in co:
-            m = statistics.median(times[name])
-            print(f"| {name} | {m:.2f} | {m / ref:.2f} |")
+        for name, m in med.items():
+            print(f"| {name} | {m:.2f} | {m / med['tach --co']:.2f} |")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -49,33 +49,12 @@ func (f *fake) recv() map[string]any {
 	if err != nil {
 		f.t.Fatalf("reading a command: %v", err)
 	}
-	var m map[string]any
-	if err := msgpack.Unmarshal(p, &m); err != nil {
+	// Commands are decoded with the supervisor's own untrusted-input decoder.
+	v, err := wire.DecodeValue(p)
+	if err != nil {
 		f.t.Fatal(err)
 	}
-	return m
-}
-
-func num(v any) int {
-	switch x := v.(type) {
-	case int8:
-		return int(x)
-	case int16:
-		return int(x)
-	case int32:
-		return int(x)
-	case int64:
-		return int(x)
-	case uint8:
-		return int(x)
-	case uint16:
-		return int(x)
-	case uint32:
-		return int(x)
-	case uint64:
-		return int(x)
-	}
-	return -1
+	return v.(map[string]any)
 }
 
 // start runs a supervisor over n tests in one session zygote. The "root zygote" is a
@@ -137,7 +116,7 @@ func TestOneRunnerPerTestAndCleanEnd(t *testing.T) {
 	if cmd["t"] != "spawn" || cmd["key"] != "session" {
 		t.Fatalf("root got %v", cmd)
 	}
-	zid := num(cmd["id"])
+	zid := asInt(cmd["id"])
 	zyg := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": zid, "pid": os.Getpid()})
 	zyg.send(map[string]any{"t": "ready", "id": zid})
 	for i := 0; i < 2; i++ {
@@ -145,7 +124,7 @@ func TestOneRunnerPerTestAndCleanEnd(t *testing.T) {
 		if run["t"] != "run" {
 			t.Fatalf("zygote got %v", run)
 		}
-		rid, test := num(run["runner"]), num(run["tests"].([]any)[0])
+		rid, test := asInt(run["runner"]), asInt(run["tests"].([]any)[0])
 		if final := run["final"].(bool); final != (i == 1) {
 			t.Fatalf("run %d final=%v", i, final)
 		}
@@ -178,13 +157,13 @@ func TestOneRunnerPerTestAndCleanEnd(t *testing.T) {
 func TestCrashAndMalformedFrameAreClassified(t *testing.T) {
 	s, path, root := start(t, 2, 2)
 	rootConn := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": 0, "pid": root.Process.Pid})
-	zid := num(rootConn.recv()["id"])
+	zid := asInt(rootConn.recv()["id"])
 	zyg := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": zid, "pid": os.Getpid()})
 	zyg.send(map[string]any{"t": "ready", "id": zid})
 	runs := []map[string]any{zyg.recv(), zyg.recv()}
 	// Runner A dies of SIGSEGV mid-test; runner B writes garbage.
 	for i, run := range runs {
-		rid, test := num(run["runner"]), num(run["tests"].([]any)[0])
+		rid, test := asInt(run["runner"]), asInt(run["tests"].([]any)[0])
 		r := dial(t, path, map[string]any{"t": "hello", "role": "runner", "id": rid, "pid": os.Getpid()})
 		r.send(map[string]any{"t": "start", "test": test})
 		if i == 0 {
