@@ -39,7 +39,6 @@ class TestStats:
 @dataclass
 class RunResult:
     stats: list[TestStats] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def _private_dir() -> str:
@@ -61,10 +60,6 @@ def _timeout_for(item: pytest.Item, settings: Settings, honour_marker: bool) -> 
             except (TypeError, ValueError):
                 pass
     return settings.timeout
-
-
-class _Terminate(Exception):
-    pass
 
 
 def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder) -> RunResult:
@@ -157,7 +152,6 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
                 if t == "end":
                     ended = True
                 elif t == "note":
-                    result.notes.append(ev["msg"])
                     if config.option.verbose > 0:
                         tr = config.pluginmanager.get_plugin("terminalreporter")
                         if tr is not None:

@@ -44,11 +44,6 @@ class Forwarder:
         self.send({"t": "report", "test": self.test, "data": data}, flush=report.when != "teardown")
         _unstop(self.config)
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> None:
-        if self.sock is not None:
-            _unstop(self.config)
-
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Any) -> Any:
         """The last test of a zygote's final unit tears that zygote's scope down; it may
