@@ -7,6 +7,8 @@
 #   make python-ft   build (or reuse) the free-threaded CPython
 #   make dev         editable install into the env of $(PYTHON)
 #   make ext         rebuild the Go extension in place (after `make dev`)
+#   make bench       synthetic suites: tach vs pytest, xdist, forked -> docs/benchmarks.md
+#   make parity      real projects' suites: tach vs plain pytest outcomes -> docs/parity.md
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -20,7 +22,7 @@ PYTEST_ARGS ?=
 export GOTOOLCHAIN := local
 export TACH_CACHE
 
-.PHONY: test go-check py-test py-test-ft python-ft demo dev ext clean
+.PHONY: test go-check py-test py-test-ft python-ft demo dev ext bench parity clean
 
 test: go-check py-test py-test-ft
 	@echo "make test: all checks passed"
@@ -64,6 +66,20 @@ demo:
 	if [ $$rc -ne 1 ] || ! grep -q "the config was built" $$out || ! grep -q "1 failed, 1 passed" $$out; then \
 		rm -f $$out; echo "make demo: unexpected result (exit $$rc)"; exit 1; fi; \
 	rm -f $$out; echo; echo "make demo: as expected: the unlocked cache race was found, the locked version passed"
+
+# Not part of `make test`: they download comparison tools and real projects and take
+# long (tests/test_bench.py runs a small offline slice of both on every `make test`).
+# BENCH_ARGS / PARITY_ARGS pass options through, e.g. PARITY_ARGS="--project attrs".
+BENCH_ARGS ?=
+PARITY_ARGS ?=
+bench:
+	py=$$(build/venv.sh $(PYTHON) "" bench/requirements.txt); \
+	$$py bench/engine.py --out docs/benchmarks.md $(BENCH_ARGS); \
+	ft=$$(build/python-ft.sh); ftpy=$$(build/venv.sh $$ft "" bench/requirements-ft.txt); \
+	$$ftpy bench/threads.py --append docs/benchmarks.md
+
+parity:
+	$(PYTHON) bench/parity.py --out docs/parity.md $(PARITY_ARGS)
 
 dev:
 	$(PYTHON) -m pip install -e .

@@ -4,7 +4,7 @@ interleaved runs, median wall time (issue: "thread-stress overhead ... <= 1.3x")
 Also times collection (--co) of 2000 tests with and without --tach-threads, since
 thread-unsafe detection must not slow collection (tach analyses lazily, in the runner).
 
-Usage: python bench/threads.py [--reps N] [--threads 4] [--iterations 10]
+Usage: python bench/threads.py [--reps N] [--threads 4] [--iterations 10] [--append FILE]
 Needs pytest-run-parallel installed beside tach (for the comparison only).
 """
 
@@ -45,7 +45,7 @@ def medians(py: str, root: Path, variants: dict[str, list[str]], reps: int) -> d
     walls: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(reps):
         for name, extra in variants.items():
-            walls[name].append(run_once(py, root, extra)[0])
+            walls[name].append(run_once(py, root, extra).wall)
     return {k: statistics.median(v) for k, v in walls.items()}
 
 
@@ -55,24 +55,37 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--tests", type=int, default=200)
+    ap.add_argument("--append", help="also append the markdown tables to this file")
     args = ap.parse_args()
+    lines: list[str] = []
+
+    def out(line: str = "") -> None:
+        lines.append(line)
+        print(line, flush=True)
+
     py = sys.executable
     t, it = str(args.threads), str(args.iterations)
     tools = {
         "pytest-run-parallel": ["-p", "no:tach", "--parallel-threads", t, "--iterations", it],
         "tach": ["-p", "tach", "-p", "no:run-parallel", "--tach-threads", t, "--tach-iterations", it],
+        "tach --tach-isolate none": ["-p", "tach", "-p", "no:run-parallel", "--tach-threads", t,
+                                     "--tach-iterations", it, "--tach-isolate", "none"],
     }
-    print(f"# stress mode vs pytest-run-parallel: {sys.version.split()[0]}"
-          f"{' (free-threaded)' if 'free-threading' in sys.version else ''}, "
-          f"{args.tests} tests, {t} threads x {it} iterations, median of {args.reps}\n")
-    print("| tool | wall s | x run-parallel |")
-    print("|---|---:|---:|")
+    out(f"## Stress mode vs pytest-run-parallel: CPython {sys.version.split()[0]}"
+        f"{' (free-threaded)' if 'free-threading' in sys.version else ''}")
+    out()
+    out(f"bench/threads.py: {args.tests} tests, {t} threads × {it} iterations, median of {args.reps} "
+        "interleaved runs; tach in its default `--tach-isolate test` (a process per test) and "
+        "`none` (long-lived runners), 1 test at a time like pytest-run-parallel.")
+    out()
+    out("| tool | wall s | × run-parallel |")
+    out("|---|---:|---:|")
     root = Path(tempfile.mkdtemp(prefix="tach-bench-threads-"))
     try:
         make_suite(root, args.tests)
         med = medians(py, root, tools, args.reps)
         for name, m in med.items():
-            print(f"| {name} | {m:.2f} | {m / med['pytest-run-parallel']:.2f} |")
+            out(f"| {name} | {m:.2f} | {m / med['pytest-run-parallel']:.2f} |")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -85,12 +98,16 @@ def main() -> int:
               "tach --co": ["-p", "tach", "-p", "no:run-parallel", "--co"],
               "tach --co --tach-threads 8": ["-p", "tach", "-p", "no:run-parallel", "--co", "--tach-threads", "8"]}
         med = medians(py, root, co, args.reps)
-        print("\n| collection of 2000 tests | wall s | x tach --co |")
-        print("|---|---:|---:|")
+        out()
+        out("| collection of 2000 tests | wall s | × tach --co |")
+        out("|---|---:|---:|")
         for name, m in med.items():
-            print(f"| {name} | {m:.2f} | {m / med['tach --co']:.2f} |")
+            out(f"| {name} | {m:.2f} | {m / med['tach --co']:.2f} |")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write("\n" + "\n".join(lines) + "\n")
     return 0
 
 

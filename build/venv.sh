@@ -2,17 +2,20 @@
 # Create (or refresh) a virtual env for one interpreter with tach's test requirements
 # and tach itself installed from this checkout, then print the env's python.
 #
-# Usage: build/venv.sh PYTHON [VENV_DIR]
-# VENV_DIR defaults to $TACH_CACHE/venv/<interpreter id>, outside the repository.
+# Usage: build/venv.sh PYTHON [VENV_DIR [REQUIREMENTS]]
+# REQUIREMENTS defaults to build/requirements-test.txt. VENV_DIR ("" for the default) is
+# $TACH_CACHE/venv/<interpreter id>, outside the repository, or with other requirements
+# $TACH_CACHE/venv/<interpreter id>-<directory of REQUIREMENTS>, e.g. cpython3.11-bench.
 # The env is reused while it works and its requirements stamp matches; tach itself is
 # reinstalled every time (it is what is being tested).
 set -euo pipefail
 py=$1
 cache=${TACH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tach}
 id=$("$py" -c 'import sys, sysconfig; v = sys.version_info; print(f"{sys.implementation.name}{v[0]}.{v[1]}" + ("t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))')
-venv=${2:-$cache/venv/$id}
 root=$(cd "$(dirname "$0")/.." && pwd)
-reqs="$root/build/requirements-test.txt"
+reqs=${3:-$root/build/requirements-test.txt}
+if [ -n "${3:-}" ]; then id="$id-$(basename "$(dirname "$reqs")")"; fi
+venv=${2:-$cache/venv/$id}
 stamp="$venv/.tach-requirements.sha256"
 want=$( (cat "$reqs"; "$py" -c 'import sys; print(sys.version)') | sha256sum | cut -d' ' -f1)
 

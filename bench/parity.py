@@ -1,0 +1,409 @@
+"""Outcome parity of `pytest -p tach` with plain pytest on real projects' own suites.
+
+For every project in bench/suites.toml: fetch its sdist from PyPI (pinned version,
+sha256-checked, cached), make a virtual env with the project, its test requirements, the
+pinned pytest and tach (a wheel built once from this checkout), then run the project's
+tests with --junitxml under plain pytest and under `pytest -p tach` in each
+--tach-isolate mode, and compare the outcome of every test id. Writes a markdown report
+(docs/parity.md by `make parity`) and exits 1 when a mismatch is not explained in
+suites.toml.
+
+Downloads, unpacked sources and venvs live under $TACH_CACHE/parity, outside the repo.
+
+Usage: python bench/parity.py [--suites FILE] [--project NAME ...] [--modes test,module,none]
+                              [--out FILE] [--python PYTHON] [--in-place]
+--in-place runs every project with --python as it is (no venv, nothing installed): for
+projects given as a local `path`, which is how `make test` keeps the harness itself honest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - tach's own floor is 3.10, the harness follows it
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+MODES = ("test", "module", "none")
+RUN_TIMEOUT = 30 * 60  # seconds for one pytest run; a hung run is reported, not waited on forever
+SIMPLE_API = "https://pypi.org/simple/{name}/"
+
+
+@dataclass
+class Project:
+    name: str
+    version: str = ""
+    sha256: str = ""
+    path: Path | None = None  # a local directory of tests instead of an sdist
+    requires: list[str] = field(default_factory=list)
+    tests: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    explain: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}".strip()
+
+
+@dataclass
+class Run:
+    wall: float
+    exit_code: int | None  # None: killed at RUN_TIMEOUT
+    outcomes: dict[str, list[str]]  # test id -> outcomes (a list: ids may repeat)
+    messages: dict[str, str]  # test id -> first lines of the failure/error/skip text
+    output_tail: str
+
+
+@dataclass
+class Mismatch:
+    test_id: str
+    plain: list[str]
+    tach: list[str]
+    detail: str
+    explanation: str = ""
+
+
+class HarnessError(Exception):
+    """A project could not be fetched, installed or run at all."""
+
+
+# -- suites file ---------------------------------------------------------------------
+
+
+def load_suites(path: Path) -> tuple[str, list[Project]]:
+    data = tomllib.loads(path.read_text())
+    pytest_req = data.get("pytest", "pytest")
+    projects = []
+    for entry in data.get("project", []):
+        entry = dict(entry)
+        local = entry.pop("path", None)
+        p = Project(**entry)
+        if local is not None:
+            p.path = (path.parent / local).resolve()
+        elif not (p.version and p.sha256):
+            raise HarnessError(f"{path}: project {p.name!r} needs version and sha256 (or a local path)")
+        if not p.tests:
+            raise HarnessError(f"{path}: project {p.name!r} names no test paths")
+        projects.append(p)
+    return pytest_req, projects
+
+
+# -- fetching and installing ---------------------------------------------------------
+
+
+def fetch_sdist(p: Project, cache: Path) -> Path:
+    """The project's sdist, from the cache or PyPI's simple API, checked against sha256."""
+    dest_dir = cache / "sdists"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for f in dest_dir.glob("*.tar.gz"):
+        if f.name.endswith(f"-{p.version}.tar.gz") and _sha256(f) == p.sha256:
+            return f
+    req = urllib.request.Request(SIMPLE_API.format(name=p.name),
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        index = json.load(r)
+    for f in index["files"]:
+        if f["hashes"].get("sha256") == p.sha256:
+            target = dest_dir / f["filename"]
+            tmp = target.with_suffix(".part")
+            with urllib.request.urlopen(f["url"], timeout=300) as r, open(tmp, "wb") as out:
+                shutil.copyfileobj(r, out)
+            if _sha256(tmp) != p.sha256:
+                tmp.unlink()
+                raise HarnessError(f"{p.label}: downloaded {f['filename']} does not match its sha256")
+            tmp.rename(target)
+            return target
+    raise HarnessError(f"{p.label}: no file with sha256 {p.sha256} on PyPI")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def unpack(sdist: Path, dest: Path) -> Path:
+    """A fresh copy of the sdist's tree (tests may write into it)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    with tarfile.open(sdist) as tf:
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(dest, filter="data")
+        else:  # pragma: no cover - Python without PEP 706
+            tf.extractall(dest)
+    (top,) = [d for d in dest.iterdir() if d.is_dir()]
+    return top
+
+
+def build_tach_wheel(python: str, out: Path) -> Path:
+    """One wheel of this checkout, installed into every project's venv."""
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(out), str(REPO)], check=True)
+    (wheel,) = sorted(out.glob("tach-*.whl"))
+    return wheel
+
+
+def ensure_venv(p: Project, src: Path, python: str, cache: Path, pytest_req: str, wheel: Path) -> str:
+    ident = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True,
+                           text=True, check=True).stdout
+    key = hashlib.sha256(json.dumps([ident, pytest_req, p.name, p.version, p.requires]).encode()).hexdigest()[:12]
+    venv = cache / "venvs" / f"{p.name}-{p.version}-{key}"
+    py = str(venv / "bin" / "python")
+    stamp = venv / ".parity-ok"
+    if not stamp.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        pip = [py, "-m", "pip", "install", "-q"]
+        try:
+            subprocess.run([*pip, pytest_req, "msgpack", *p.requires], check=True)
+            subprocess.run([*pip, str(src)], check=True)
+        except subprocess.CalledProcessError as e:
+            raise HarnessError(f"{p.label}: installing into {venv} failed: {e}") from e
+        stamp.write_text(key)
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)], check=True)
+    return py
+
+
+# -- running and reading junitxml ----------------------------------------------------
+
+
+def run_pytest(py: str, cwd: Path, p: Project, extra: list[str], junit: Path, cache_dir: Path) -> Run:
+    cmd = [py, "-m", "pytest", "-q", "-o", f"cache_dir={cache_dir}", f"--junitxml={junit}",
+           *extra, *p.args, *p.tests]
+    env = dict(os.environ)
+    env.pop("PYTEST_ADDOPTS", None)
+    env.pop("PYTEST_PLUGINS", None)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, errors="replace", timeout=RUN_TIMEOUT, start_new_session=True)
+        code, out = proc.returncode, proc.stdout
+    except subprocess.TimeoutExpired as e:
+        code, out = None, (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+    wall = time.perf_counter() - t0
+    outcomes, messages = parse_junit(junit) if junit.exists() else ({}, {})
+    return Run(wall, code, outcomes, messages, "\n".join(out.splitlines()[-20:]))
+
+
+def parse_junit(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Per test id (classname::name), its outcome: passed, failed, error, failed+error,
+    skipped or xfailed; and the first lines of what explains a non-pass."""
+    outcomes: dict[str, list[str]] = {}
+    messages: dict[str, str] = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        tid = f"{case.get('classname', '')}::{case.get('name', '')}"
+        tags = set()
+        detail = []
+        for child in case:
+            if child.tag in ("failure", "error"):
+                tags.add(child.tag.replace("failure", "failed"))
+            elif child.tag == "skipped":
+                tags.add("xfailed" if child.get("type") == "pytest.xfail" else "skipped")
+            else:
+                continue
+            text = (child.get("message") or "") + "\n" + (child.text or "")
+            detail.append("\n".join(line for line in text.strip().splitlines()[:6]))
+        outcomes.setdefault(tid, []).append("+".join(sorted(tags)) or "passed")
+        if detail:
+            messages[tid] = "\n".join(detail)
+    for v in outcomes.values():
+        v.sort()
+    return outcomes, messages
+
+
+def compare(p: Project, plain: Run, tach: Run) -> list[Mismatch]:
+    out = []
+    for tid in sorted(set(plain.outcomes) | set(tach.outcomes)):
+        a, b = plain.outcomes.get(tid, ["missing"]), tach.outcomes.get(tid, ["missing"])
+        if a != b:
+            detail = tach.messages.get(tid) or plain.messages.get(tid, "")
+            out.append(Mismatch(tid, a, b, detail, p.explain.get(tid, "")))
+    return out
+
+
+# -- the report ----------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    project: Project
+    plain: Run | None = None
+    modes: dict[str, Run] = field(default_factory=dict)
+    mismatches: dict[str, list[Mismatch]] = field(default_factory=dict)
+    error: str = ""
+
+    def identical(self, mode: str) -> bool:
+        return (self.plain is not None and mode in self.modes and not self.mismatches[mode]
+                and self.modes[mode].exit_code == self.plain.exit_code)
+
+    def unexplained(self) -> int:
+        return sum(1 for ms in self.mismatches.values() for m in ms if not m.explanation)
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    return (f"{cpu or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs usable, {mem:.0f} GiB, "
+            f"Linux {platform.release()}; tach {commit}")
+
+
+def render(results: list[Result], modes: list[str], header: str) -> str:
+    lines = [header, "",
+             "| project | tests | " + " | ".join(f"identical `{m}`" for m in modes)
+             + " | pytest s | " + " | ".join(f"× `{m}`" for m in modes) + " |",
+             "|---|---:|" + "---:|" * len(modes) + "---:|" + "---:|" * len(modes)]
+    for r in results:
+        if r.error or r.plain is None:
+            lines.append(f"| {r.project.label} | error: {r.error} |" + " |" * (2 * len(modes) + 1))
+            continue
+        n = sum(len(v) for v in r.plain.outcomes.values())
+        cells = []
+        for m in modes:
+            run = r.modes[m]
+            same = n - sum(len(x.plain) for x in r.mismatches[m] if x.plain != ["missing"])
+            cell = f"{same}/{n}"
+            if run.exit_code != r.plain.exit_code:
+                cell += f" (exit {run.exit_code} vs {r.plain.exit_code})"
+            cells.append(cell)
+        ratios = [f"{r.modes[m].wall / r.plain.wall:.2f}" for m in modes]
+        lines.append(f"| {r.project.label} | {n} | " + " | ".join(cells)
+                     + f" | {r.plain.wall:.1f} | " + " | ".join(ratios) + " |")
+    ok = [r for r in results if all(r.identical(m) for m in modes if m == "module" or len(modes) == 1)]
+    lines += ["", f"Projects with 100% identical outcomes under `--tach-isolate "
+              f"{'module' if 'module' in modes else modes[0]}`: {len(ok)}/{len(results)}."]
+    details = [(r, m, ms) for r in results for m, ms in r.mismatches.items() if ms]
+    if details:
+        lines += ["", "## Mismatches", ""]
+    for r, m, ms in details:
+        lines += [f"### {r.project.label}, `--tach-isolate {m}`", ""]
+        for x in ms:
+            lines.append(f"- `{x.test_id}`: pytest {'/'.join(x.plain)}, tach {'/'.join(x.tach)}"
+                         + (f" — **explained**: {x.explanation}" if x.explanation else " — **unexplained**"))
+            if x.detail:
+                lines += ["", "  ```", *("  " + ln for ln in x.detail.splitlines()), "  ```", ""]
+    for r in results:
+        for m, run in r.modes.items():
+            if run.exit_code is None or (r.plain and r.plain.exit_code is None):
+                lines += ["", f"{r.project.label} `{m}` hit the {RUN_TIMEOUT} s limit:", "```",
+                          run.output_tail, "```"]
+    return "\n".join(lines) + "\n"
+
+
+# -- main ----------------------------------------------------------------------------
+
+
+def run_project(p: Project, args: argparse.Namespace, pytest_req: str, wheel: Path | None,
+                modes: list[str]) -> Result:
+    res = Result(p)
+    cache = Path(args.cache)
+    work = Path(tempfile.mkdtemp(prefix=f"tach-parity-{p.name}-"))
+    try:
+        if p.path is not None:
+            src = work / "src"
+            shutil.copytree(p.path, src)
+        else:
+            src = unpack(fetch_sdist(p, cache), cache / "src" / f"{p.name}-{p.version}")
+        py = args.python if args.in_place else ensure_venv(p, src, args.python, cache, pytest_req, wheel)
+        cache_dir = work / "pytest-cache"
+        print(f"== {p.label}: plain pytest", file=sys.stderr, flush=True)
+        res.plain = run_pytest(py, src, p, ["-p", "no:tach"], work / "plain.xml", cache_dir)
+        if not res.plain.outcomes:
+            raise HarnessError(f"plain pytest ran no test (exit {res.plain.exit_code}):\n{res.plain.output_tail}")
+        for m in modes:
+            print(f"== {p.label}: tach --tach-isolate {m}", file=sys.stderr, flush=True)
+            run = run_pytest(py, src, p, ["-p", "tach", "--tach-workers", str(args.workers), "--tach-isolate", m],
+                             work / f"{m}.xml", cache_dir)
+            res.modes[m] = run
+            res.mismatches[m] = compare(p, res.plain, run)
+            print(f"   {len(res.mismatches[m])} mismatches, {run.wall:.1f} s vs {res.plain.wall:.1f} s",
+                  file=sys.stderr, flush=True)
+    except (HarnessError, OSError, subprocess.CalledProcessError) as e:
+        res.error = str(e).splitlines()[0]
+        print(f"   error: {e}", file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suites", default=str(REPO / "bench" / "suites.toml"))
+    ap.add_argument("--project", action="append", help="only these projects (repeatable)")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", help="write the markdown report here too")
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--in-place", action="store_true", help="use --python as it is: no venvs, no installs")
+    default_cache = Path(os.environ.get("TACH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                               Path.home() / ".cache") / "tach")
+    ap.add_argument("--cache", default=str(default_cache / "parity"))
+    args = ap.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if bad := [m for m in modes if m not in MODES]:
+        ap.error(f"unknown modes {bad}; known: {list(MODES)}")
+    pytest_req, projects = load_suites(Path(args.suites))
+    if args.project:
+        unknown = set(args.project) - {p.name for p in projects}
+        if unknown:
+            ap.error(f"unknown projects {sorted(unknown)}")
+        projects = [p for p in projects if p.name in args.project]
+    wheel = None
+    if not args.in_place:
+        wheel = build_tach_wheel(args.python, Path(args.cache) / "wheel")
+    results = [run_project(p, args, pytest_req, wheel, modes) for p in projects]
+    version = subprocess.run([args.python, "-c", "import sys; print(sys.version.split()[0])"],
+                             capture_output=True, text=True).stdout.strip()
+    header = ("# Parity with plain pytest on real projects\n\n"
+              "Generated by `make parity` (bench/parity.py over bench/suites.toml): each project's "
+              "own test suite from its pinned PyPI sdist, run with --junitxml under plain pytest "
+              f"and under `pytest -p tach --tach-workers {args.workers}` in each isolate mode; "
+              "outcomes compared per test id (junitxml classname::name). \"identical\" counts "
+              "tests whose outcome matches plain pytest; × is the wall-time ratio to plain pytest "
+              "(one run each, so small suites mostly measure startup).\n\n"
+              f"Machine: {machine()}; CPython {version}; {pytest_req}.")
+    report = render(results, modes, header)
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
+    failed = [r.project.label for r in results if r.error]
+    unexplained = sum(r.unexplained() for r in results)
+    exit_mismatch = [r.project.label for r in results for m in modes
+                     if r.plain and m in r.modes and r.modes[m].exit_code != r.plain.exit_code
+                     and not r.mismatches[m]]
+    if failed or unexplained or exit_mismatch:
+        print(f"parity: {len(failed)} projects failed to run {failed}, {unexplained} unexplained "
+              f"mismatches, exit-code-only differences {exit_mismatch}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The offline slice of `make bench` and `make parity`: the harnesses themselves must
+not rot between the (long, downloading) full runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+BENCH = REPO_ROOT / "bench"
+
+
+def test_bench_tables_two_synthetic_suites(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "engine.py"), "--reps", "1", "--tools", "pytest,tach module",
+         "--suite", "1 s session fixture + 400 tests", "--suite", "200 MB conftest + 400 trivial",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[3:-1]]
+            for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line}
+    assert float(rows["1 s session fixture + 400 tests", "tach module"][1]) > 0
+    plain = rows["200 MB conftest + 400 trivial", "pytest"]
+    tach = rows["200 MB conftest + 400 trivial", "tach module"]
+    assert plain[1] == "1.00"
+    assert float(tach[1]) > 0
+    # Peak RSS comes from wait4 over the process tree: the conftest's 200 MB must show.
+    assert float(plain[3]) >= 200 and float(tach[3]) >= 200
+    assert "Machine:" in out.read_text()
+
+
+SCENARIO = {
+    "test_plain.py": """
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def box():
+            return []
+
+        @pytest.mark.parametrize("n", [1, 2, 3])
+        def test_param(n, box):
+            box.append(n)
+            assert len(box) >= 1
+
+        def test_skip():
+            pytest.skip("not here")
+
+        @pytest.mark.xfail(strict=True)
+        def test_xfail():
+            assert False
+
+        def test_fails():
+            assert 1 == 2
+    """,
+    "test_order.py": """
+        STATE = {}
+
+        def test_writer():
+            STATE["seen"] = True
+
+        def test_reader_needs_writer():
+            # Passes only when test_writer ran earlier in the same process.
+            assert STATE.get("seen")
+    """,
+}
+
+
+def _scenario(tmp_path: Path, explain: bool) -> Path:
+    proj = tmp_path / "scenario"
+    proj.mkdir(exist_ok=True)
+    for name, body in SCENARIO.items():
+        (proj / name).write_text(textwrap.dedent(body))
+    explanation = ('explain = { "test_order::test_reader_needs_writer" = '
+                   '"depends on test_writer having run in the same process" }') if explain else ""
+    suites = tmp_path / "suites.toml"
+    suites.write_text(textwrap.dedent(f"""
+        [[project]]
+        name = "scenario"
+        path = "scenario"
+        tests = ["."]
+        args = ["-p", "no:randomly"]
+        {explanation}
+    """))
+    return suites
+
+
+def _parity(tmp_path: Path, suites: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    out = tmp_path / "parity.md"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "parity.py"), "--in-place", "--suites", str(suites),
+         "--modes", "test,module", "--out", str(out), "--cache", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=600)
+    return proc, out.read_text() if out.exists() else ""
+
+
+def test_parity_finds_and_reports_an_order_dependent_test(tmp_path: Path) -> None:
+    proc, report = _parity(tmp_path, _scenario(tmp_path, explain=False))
+    # The order-dependent test passes in a plain run and under module isolation (one
+    # process per module, in order), but fails under test isolation: a mismatch the
+    # harness must find, show with tach's longrepr, and fail on while unexplained.
+    assert proc.returncode == 1, proc.stderr
+    row = next(line for line in report.splitlines() if line.startswith("| scenario"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1] == "8"  # tests
+    assert cells[2].startswith("7/8")  # identical under test
+    assert cells[3] == "8/8"  # identical under module
+    assert "`test_order::test_reader_needs_writer`: pytest passed, tach failed — **unexplained**" in report
+    assert "assert None" in report  # the first lines of tach's longrepr
+    assert "Projects with 100% identical outcomes under `--tach-isolate module`: 1/1." in report
+
+
+def test_parity_accepts_an_explained_mismatch(tmp_path: Path) -> None:
+    proc, report = _parity(tmp_path, _scenario(tmp_path, explain=True))
+    assert proc.returncode == 0, proc.stderr + report
+    assert "**explained**: depends on test_writer having run in the same process" in report
