@@ -74,7 +74,7 @@ def _scenario(tmp_path: Path, explain: bool) -> Path:
     proj.mkdir(exist_ok=True)
     for name, body in SCENARIO.items():
         (proj / name).write_text(textwrap.dedent(body))
-    explanation = ('explain = { "test_order::test_reader_needs_writer" = '
+    explanation = ('explain = { "test_order::test_reader_*" = '
                    '"depends on test_writer having run in the same process" }') if explain else ""
     suites = tmp_path / "suites.toml"
     suites.write_text(textwrap.dedent(f"""

@@ -324,6 +324,67 @@ def test_crash_mid_module_replaces_the_runner(pytester: pytest.Pytester, mode: s
     r.stdout.fnmatch_lines(["*crashed while running*test_x?2?*", "*exited with code 9*"])
 
 
+
+def test_none_mode_spreads_a_big_module_over_runners(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by `make parity`: idna keeps 6,336 of its 6,366 tests in one unittest class,
+    # packaging 20k in one module; --tach-isolate none ran each such unit on one runner
+    # while the other idled (packaging: 1.48x plain pytest, 1.25x once cut).
+    pytester.makepyfile(test_big="""
+        import os, pytest
+
+        def log(what):
+            with open(os.path.join(os.environ["LOG_DIR"], "log"), "a") as f:
+                f.write(f"{what} {os.getpid()}\\n")
+
+        @pytest.fixture(scope="module")
+        def mod():
+            log("module-setup")
+
+        @pytest.mark.parametrize("i", range(300))
+        def test_f(mod, i):
+            log("test")
+
+        class TestSmall:
+            @pytest.fixture(scope="class")
+            def cls(self):
+                log("small-class-setup")
+
+            @pytest.mark.parametrize("i", range(60))
+            def test_c(self, mod, cls, i):
+                log("small-class-test")
+
+        class TestHuge:
+            @pytest.fixture(scope="class")
+            def cls(self):
+                log("huge-class-setup")
+
+            @pytest.mark.parametrize("i", range(250))
+            def test_h(self, mod, cls, i):
+                log("huge-class-test")
+    """, test_small="def test_small():\n    pass\n")
+    env_dir = pytester.path / "logs"
+    env_dir.mkdir()
+    monkeypatch.setenv("LOG_DIR", str(env_dir))
+    r = pytester.runpytest_subprocess("-p", "tach", "--tach-isolate", "none", "--tach-workers", "2")
+    r.assert_outcomes(passed=611)
+    lines = [line.split() for line in (env_dir / "log").read_text().splitlines()]
+
+    def count(what: str) -> int:
+        return sum(1 for w, _ in lines if w == what)
+
+    # 611 tests, 2 workers: chunks of 100 (the floor); the module is cut, both runners
+    # take part of it, and each piece sets the module fixture up once.
+    assert len({pid for w, pid in lines if w == "test"}) == 2
+    assert 3 <= count("module-setup") <= 7
+    # A class smaller than a chunk is never cut: one setup, one runner.
+    assert count("small-class-setup") == 1
+    assert len({pid for w, pid in lines if w == "small-class-test"}) == 1
+    # A class bigger than a chunk is cut like a module (as pytest-xdist would).
+    assert count("huge-class-setup") >= 2
+    assert count("huge-class-test") == 250
+
+
 @pytest.mark.parametrize("garbage", ["b'\\xff\\xff\\xff\\xff'", "b'\\x00\\x00\\x00\\x03\\xc1\\xc1\\xc1'"],
                          ids=["oversized", "not-msgpack"])
 def test_malformed_frame_fails_the_test_and_the_run_goes_on(pytester: pytest.Pytester, garbage: str) -> None:

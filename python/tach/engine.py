@@ -103,12 +103,13 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
         os.close(listen_fd)
         shutil.rmtree(private, ignore_errors=True)
         raise
+    batches = plan.batch_keys(items, settings.isolate, settings.workers)
     tests = [{
         "nodeid": item.nodeid,
         "chain": [lv.key for lv in levels[i]],
         "duration": float(history.get(item.nodeid, 0.0)),
         "timeout": _timeout_for(item, settings, honour_timeout_marker),
-        "batch": plan.batch_key(item) if settings.isolate != "test" else "",
+        "batch": batches[i],
         "alone": item.get_closest_marker("tach_serial") is not None,
     } for i, item in enumerate(items)]
     try:
