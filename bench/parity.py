@@ -23,7 +23,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,8 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from engine import commit, machine  # bench/engine.py, beside this script
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -261,22 +262,6 @@ class Result:
         return sum(1 for ms in self.mismatches.values() for m in ms if not m.explanation)
 
 
-def machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    return (f"{cpu or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs usable, {mem:.0f} GiB, "
-            f"Linux {platform.release()}; tach {commit}")
-
-
 def render(results: list[Result], modes: list[str], header: str) -> str:
     lines = [header, "",
              "| project | tests | " + " | ".join(f"identical `{m}`" for m in modes)
@@ -393,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
               "outcomes compared per test id (junitxml classname::name). \"identical\" counts "
               "tests whose outcome matches plain pytest; × is the wall-time ratio to plain pytest "
               "(one run each, so small suites mostly measure startup).\n\n"
-              f"Machine: {machine()}; CPython {version}; {pytest_req}.")
+              f"Machine: {machine()}; tach {commit()}; CPython {version}; {pytest_req}.")
     report = render(results, modes, header)
     print(report)
     if args.out:
