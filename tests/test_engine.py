@@ -324,7 +324,6 @@ def test_crash_mid_module_replaces_the_runner(pytester: pytest.Pytester, mode: s
     r.stdout.fnmatch_lines(["*crashed while running*test_x?2?*", "*exited with code 9*"])
 
 
-
 def test_none_mode_spreads_a_big_module_over_runners(
         pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     # Found by `make parity`: idna keeps 6,336 of its 6,366 tests in one unittest class,

@@ -148,21 +148,20 @@ def batch_keys(items: Sequence[pytest.Item], isolate: str, workers: int) -> list
     if isolate != "none" or workers < 2:
         return keys
     chunk = max(MIN_CHUNK, -(-len(items) // (CHUNKS_PER_WORKER * workers)))
-    sizes: dict[Any, int] = {}
-    for item, k in zip(items, keys):
+    classes = [item.getparent(pytest.Class) for item in items]
+    sizes: dict[Any, int] = {}  # tests per module key and per class node
+    for k, cls in zip(keys, classes):
         sizes[k] = sizes.get(k, 0) + 1
-        cls = item.getparent(pytest.Class)
         if cls is not None:
             sizes[cls] = sizes.get(cls, 0) + 1
     out: list[str] = []
     # module -> (chunk number, tests in that chunk so far, class of the last test)
     state: dict[str, tuple[int, int, Any]] = {}
-    for item, k in zip(items, keys):
+    for k, cls in zip(keys, classes):
         if sizes[k] <= chunk:
             out.append(k)
             continue
         n, filled, last_cls = state.get(k, (0, 0, None))
-        cls = item.getparent(pytest.Class)
         if filled >= chunk and (cls is None or cls is not last_cls or sizes[cls] > chunk):
             n, filled = n + 1, 0
         state[k] = (n, filled + 1, cls)
