@@ -208,6 +208,26 @@ def test_unlocked_counter_race_is_caught_and_the_locked_one_passes(pytester: pyt
 
 
 @requires_free_threading
+def test_stress_processes_inherit_an_immortalized_heap(pytester: pytest.Pytester) -> None:
+    """Free-threaded 3.13 walks the whole heap when a process starts its first thread,
+    immortalizing classes, functions, modules and code. In stress mode the root zygote
+    does that once, so the test processes (each starting threads) do not repeat it;
+    without stress mode reference counts stay as in a plain run."""
+    pytester.makepyfile("""
+        import sys, pytest
+        class C:
+            pass
+        IMMORTAL = sys.getrefcount(C) >= 2**32 - 1
+        def test_refcount(num_parallel_threads):
+            assert IMMORTAL is False  # collection, in the main process: plain counts
+            assert (sys.getrefcount(C) >= 2**32 - 1) == (num_parallel_threads > 1)
+    """)
+    for args in (("--tach-threads", "2"), ()):
+        r, outcomes = run(pytester, *args)
+        assert list(outcomes.values()) == ["passed"], r.stdout.str()
+
+
+@requires_free_threading
 def test_classic_races_are_caught(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_classic="""
         import time

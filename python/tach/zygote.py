@@ -30,6 +30,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -39,7 +40,7 @@ from typing import Any
 import pytest
 from _pytest.outcomes import TEST_OUTCOME, Exit
 
-from tach import frames
+from tach import frames, gil
 from tach.forward import Forwarder
 from tach.plan import Level
 
@@ -95,10 +96,34 @@ def _freeze() -> None:
     neither the zygote nor its children copy pages because the collector ran. (On the
     2000-trivial-test benchmark this made no measurable difference, as DESIGN.md found;
     it bounds the damage of a full collection in a zygote holding large fixtures.)
+
+    Called only when a zygote may hold new objects (it started, or set fixtures up):
+    on free-threaded builds gc.freeze() visits and writes to every object of the heap
+    (~1.5 ms, and every page it writes is one its children share), so freezing before
+    each fork cost a 200-test stress run a third of its time.
     """
     import gc
 
     gc.freeze()
+
+
+def _immortalize_once(config: pytest.Config) -> None:
+    """In stress mode on free-threaded CPython, make the first-thread work happen once.
+
+    A free-threaded 3.13 process that starts its first thread immortalizes the objects
+    that use deferred reference counting (functions, classes, modules, code; gh-117783):
+    a walk over the whole heap. Each test process starting its stress threads paid it
+    again (~2 ms, and a 200-test stress run took 5.9 s instead of 5.0 s). Starting one
+    thread in the root zygote does it before the first fork. Only in stress mode: there
+    every test starts threads anyway (and under pytest-run-parallel the first test's
+    threads do the same); a plain run keeps plain reference counts.
+    """
+    stress = config.pluginmanager.get_plugin("tach-stress")
+    if not gil.free_threaded_build() or stress is None or not stress.requested:
+        return
+    t = threading.Thread(target=lambda: None, name="tach-immortalize")
+    t.start()
+    t.join()
 
 
 def fork() -> int:
@@ -266,7 +291,9 @@ class Zygote:
                     if (i, name) in self.level_fixtures:
                         continue
                     self.level_fixtures.add((i, name))
-                    did_setup = True
+                    defs = item._fixtureinfo.name2fixturedefs.get(name)
+                    if not defs or defs[-1].cached_result is None:
+                        did_setup = True  # new objects: freeze them (cached ones are)
                     if name in self.ctx.serial_fixtures:
                         self.make_serial(f"it set up fixture {name!r}, listed in tach_serial_fixtures")
                     # pytest >= 9 asks that the requesting item be active (on the
@@ -287,8 +314,8 @@ class Zygote:
                 out, err = capman.read_global_capture()
                 self.pending_out += out
                 self.pending_err += err
-            _freeze()
         if did_setup:
+            _freeze()
             self.check_sockets()
 
     def make_serial(self, why: str) -> None:
@@ -673,6 +700,7 @@ def start_root(ctx: Context, own_group: bool = True) -> int:
             config.pluginmanager.unregister(tr)
             config.pluginmanager.register(_SilentTerminal(tr), "terminalreporter")
         _restart_capture(config)
+        _immortalize_once(config)
         conn = _connect(ctx.sock_path)
         frames.send(conn, {"t": "hello", "role": "zygote", "id": 0, "pid": os.getpid()})
         Zygote(ctx, conn, 0, 0, []).serve()
