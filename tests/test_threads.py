@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import sysconfig
@@ -147,6 +148,54 @@ def test_thread_unsafe_detection(pytester: pytest.Pytester) -> None:
     r, outcomes = run(pytester, "--tach-threads", "3", "--tach-skip-thread-unsafe")
     assert outcomes["test_unsafe::test_safe"] == "passed"
     assert outcomes["test_unsafe::test_capsys"] == "skipped"
+
+
+@pytest.mark.parametrize("workers", ["1", "0"])
+def test_a_markers_bad_argument_fails_that_test_only(pytester: pytest.Pytester, workers: str) -> None:
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.parallel_threads("lots")
+        def test_bad():
+            pass
+        def test_good(num_parallel_threads):
+            assert num_parallel_threads == 2
+    """)
+    r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", workers)
+    assert sorted(outcomes.values()) == ["failed", "passed"], r.stdout.str()
+    r.stdout.fnmatch_lines(["*test_bad*parallel_threads: expected a positive integer or 'auto', got 'lots'*"])
+    assert "crashed" not in r.stdout.str() and "internal error" not in r.stderr.str()
+
+
+def test_one_call_at_a_time_while_the_next_test_is_set_up(pytester: pytest.Pytester) -> None:
+    """Stress mode with one worker: test bodies never overlap (each test's threads have
+    the cores), but the next test's process is forked and set up meanwhile."""
+    log = pytester.path / "log.jsonl"
+    pytester.makepyfile(f"""
+        import json, os, time, pytest
+        def mark(what):
+            with open({str(log)!r}, "a") as f:
+                f.write(json.dumps([os.getpid(), what, time.monotonic()]) + "\\n")
+        @pytest.fixture(autouse=True)
+        def setup_mark():
+            mark("setup")
+        @pytest.mark.parametrize("i", range(5))
+        def test_body(i):
+            mark("call")
+            time.sleep(0.2)
+            mark("called")
+    """)
+    r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", "1")
+    assert list(outcomes.values()) == ["passed"] * 5, r.stdout.str()
+    events: dict[int, dict[str, list[float]]] = {}
+    for line in log.read_text().splitlines():
+        pid, what, t = json.loads(line)
+        events.setdefault(pid, {}).setdefault(what, []).append(t)
+    calls = sorted((min(e["call"]), max(e["called"]), min(e["setup"])) for e in events.values())
+    assert len(calls) == 5
+    for (_, end, _), (start, _, _) in zip(calls, calls[1:]):
+        assert start >= end, "two tests ran their bodies at once"
+    prepared = sum(setup < end for (_, end, _), (_, _, setup) in zip(calls, calls[1:]))
+    assert prepared >= 3, f"the next test was set up during the body in only {prepared} of 4"
 
 
 def test_refuses_to_double_run_with_pytest_run_parallel(pytester: pytest.Pytester) -> None:

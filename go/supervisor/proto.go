@@ -24,23 +24,27 @@ import (
 //	report  {test, data}                        a serialized pytest report
 //	warning {test, data}                        a recorded warning
 //	await   {test}                              the final test waits to tear its zygotes down
+//	await_call {test}                           the test waits for a call turn (Config.CallLimit)
+//	called  {test}                              its call phase is over: the turn is free
 //	done    {test, maxrss, cpu}                 the test's protocol finished
 //	abort   {test, reason, code, interrupt}     the test called pytest.exit() or raised
 //	                                            KeyboardInterrupt: the whole run stops
 var schema = wire.Schema{
-	"hello":   {"role": wire.String, "id": wire.Int, "pid": wire.Int},
-	"ready":   {"id": wire.Int},
-	"serial":  {"id": wire.Int, "why": wire.String},
-	"forked":  {"kind": wire.String, "id": wire.Int, "pid": wire.Int},
-	"exited":  {"pid": wire.Int, "status": wire.Int, "maxrss": wire.Int, "utime": wire.Number, "stime": wire.Number},
-	"fail":    {"runner": wire.Int, "message": wire.String},
-	"error":   {"message": wire.String},
-	"start":   {"test": wire.Int},
-	"report":  {"test": wire.Int, "data": wire.Map},
-	"warning": {"test": wire.Int, "data": wire.Map},
-	"await":   {"test": wire.Int},
-	"done":    {"test": wire.Int, "maxrss": wire.Int, "cpu": wire.Number},
-	"abort":   {"test": wire.Int, "reason": wire.String, "code": wire.Int, "interrupt": wire.Bool},
+	"hello":      {"role": wire.String, "id": wire.Int, "pid": wire.Int},
+	"ready":      {"id": wire.Int},
+	"serial":     {"id": wire.Int, "why": wire.String},
+	"forked":     {"kind": wire.String, "id": wire.Int, "pid": wire.Int},
+	"exited":     {"pid": wire.Int, "status": wire.Int, "maxrss": wire.Int, "utime": wire.Number, "stime": wire.Number},
+	"fail":       {"runner": wire.Int, "message": wire.String},
+	"error":      {"message": wire.String},
+	"start":      {"test": wire.Int},
+	"report":     {"test": wire.Int, "data": wire.Map},
+	"warning":    {"test": wire.Int, "data": wire.Map},
+	"await":      {"test": wire.Int},
+	"await_call": {"test": wire.Int},
+	"called":     {"test": wire.Int},
+	"done":       {"test": wire.Int, "maxrss": wire.Int, "cpu": wire.Number},
+	"abort":      {"test": wire.Int, "reason": wire.String, "code": wire.Int, "interrupt": wire.Bool},
 }
 
 func asInt(v any) int {

@@ -36,12 +36,18 @@ type TestSpec struct {
 
 // Config starts a supervisor.
 type Config struct {
-	ListenFD   int        `msgpack:"listen_fd"` // a listening unix socket, handed over
-	RootPID    int        `msgpack:"root_pid"`  // the root zygote: our child, leader of its process group
-	Workers    int        `msgpack:"workers"`
-	KillGrace  float64    `msgpack:"kill_grace"` // seconds between the stack-dump signal and SIGKILL
-	Persistent bool       `msgpack:"persistent"` // long-lived runners (--tach-isolate none)
-	Tests      []TestSpec `msgpack:"tests"`
+	ListenFD   int     `msgpack:"listen_fd"` // a listening unix socket, handed over
+	RootPID    int     `msgpack:"root_pid"`  // the root zygote: our child, leader of its process group
+	Workers    int     `msgpack:"workers"`
+	KillGrace  float64 `msgpack:"kill_grace"` // seconds between the stack-dump signal and SIGKILL
+	Persistent bool    `msgpack:"persistent"` // long-lived runners (--tach-isolate none)
+	// CallLimit > 0 bounds how many tests run their call phase at once; runners wait
+	// for a turn at a call gate (await_call). With Workers = CallLimit + 1 the next
+	// test's process is forked and set up while the current one runs (stress mode:
+	// one test's threads should have the cores to themselves, but fork and setup
+	// need not wait).
+	CallLimit int        `msgpack:"call_limit"`
+	Tests     []TestSpec `msgpack:"tests"`
 }
 
 // Event is what Poll returns, one map per event (encoded to msgpack by the caller).
@@ -76,7 +82,8 @@ type testRun struct {
 	started  time.Time
 	deadline time.Time
 	timedOut bool
-	pausedAt time.Time // waiting at the teardown gate: its deadline does not run
+	pausedAt time.Time // waiting at a gate: its deadline does not run
+	callHeld bool      // in its call phase, counted against CallLimit
 	done     bool
 	finished bool
 	maxrssKB int
@@ -124,6 +131,8 @@ type Supervisor struct {
 	runners       map[int]*runnerProc
 	live          map[int]*runnerProc // runners not ended: what the timers look at
 	waiting       map[int]*runnerProc // runners whose final test waits at the teardown gate
+	callQueue     []*testRun          // tests waiting at the call gate, in arrival order
+	calling       int                 // tests holding a call turn
 	zygotes       map[int]*zproc
 	byPID         map[int]any // *runnerProc or *zproc
 	slots         []bool
@@ -441,6 +450,15 @@ func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
 	case "await":
 		r.awaiting, t.pausedAt = t, time.Now()
 		s.waiting[r.id] = r
+	case "await_call":
+		if s.cfg.CallLimit <= 0 || t.callHeld {
+			s.connEnded(r.conn, fmt.Errorf("runner %d asked for a call turn it cannot have", r.id))
+			return
+		}
+		t.pausedAt = time.Now()
+		s.callQueue = append(s.callQueue, t)
+	case "called":
+		s.endCall(t)
 	case "abort":
 		f := in.msg.Fields
 		s.emit(Event{"t": "abort", "test": t.idx, "reason": f["reason"], "code": asInt(f["code"]),
@@ -684,18 +702,43 @@ func (s *Supervisor) dispatch() {
 		if t := r.awaiting; t != nil && !r.ended && s.sched.GateOpen(r.id) {
 			r.awaiting = nil
 			delete(s.waiting, r.id)
-			if !t.deadline.IsZero() {
-				t.deadline = t.deadline.Add(time.Since(t.pausedAt))
-			}
-			t.pausedAt = time.Time{}
+			resume(t)
 			s.command(r.conn, map[string]any{"t": "go"})
 		}
+	}
+	for s.calling < s.cfg.CallLimit && len(s.callQueue) > 0 {
+		t := s.callQueue[0]
+		s.callQueue = s.callQueue[1:]
+		if t.finished || t.runner == nil || t.runner.ended {
+			continue // it crashed or was killed while waiting
+		}
+		t.callHeld = true
+		s.calling++
+		resume(t)
+		s.command(t.runner.conn, map[string]any{"t": "go"})
 	}
 	for _, id := range s.sched.Drained() {
 		if z := s.zygotes[id]; z != nil {
 			s.command(z.conn, map[string]any{"t": "exit"})
 		}
 	}
+}
+
+// endCall gives t's call turn back: its call phase ended (teardown may wait at the
+// teardown gate for tests that need a turn), or the test ended.
+func (s *Supervisor) endCall(t *testRun) {
+	if t.callHeld {
+		t.callHeld = false
+		s.calling--
+	}
+}
+
+// resume restarts the deadline of a test that waited at a gate.
+func resume(t *testRun) {
+	if !t.deadline.IsZero() {
+		t.deadline = t.deadline.Add(time.Since(t.pausedAt))
+	}
+	t.pausedAt = time.Time{}
 }
 
 func (s *Supervisor) assign(r *runnerProc, tests []int) {
@@ -728,6 +771,7 @@ func (s *Supervisor) takeSlot() int {
 
 func (s *Supervisor) finish(t *testRun, outcome, reason string, ended *runnerProc) {
 	t.finished = true
+	s.endCall(t)
 	ev := Event{"t": "test", "idx": t.idx, "outcome": outcome, "reason": reason, "done": t.done,
 		"slot": -1, "runner": -1}
 	frames := make([]any, 0, len(t.frames))

@@ -61,6 +61,12 @@ func (f *fake) recv() map[string]any {
 // real child process (sleep) because the supervisor reaps it with wait4.
 func start(t *testing.T, n int, workers int) (*Supervisor, string, *exec.Cmd) {
 	t.Helper()
+	return startWith(t, n, Config{Workers: workers})
+}
+
+// startWith is start with more of the Config (ListenFD, RootPID and Tests are filled in).
+func startWith(t *testing.T, n int, cfg Config) (*Supervisor, string, *exec.Cmd) {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "s")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
@@ -81,7 +87,8 @@ func start(t *testing.T, n int, workers int) (*Supervisor, string, *exec.Cmd) {
 	for i := range tests {
 		tests[i] = TestSpec{NodeID: "t.py::t" + string(rune('a'+i)), Chain: []string{"session"}}
 	}
-	s, err := Start(Config{ListenFD: int(f.Fd()), RootPID: root.Process.Pid, Workers: workers, Tests: tests})
+	cfg.ListenFD, cfg.RootPID, cfg.Tests = int(f.Fd()), root.Process.Pid, tests
+	s, err := Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,6 +159,86 @@ func TestOneRunnerPerTestAndCleanEnd(t *testing.T) {
 			t.Fatalf("test %d: %v", i, e)
 		}
 	}
+}
+
+// quiet fails if a command arrives within d.
+func (f *fake) quiet(d time.Duration) {
+	f.t.Helper()
+	_ = f.c.SetReadDeadline(time.Now().Add(d))
+	if p, err := f.r.Next(); err == nil {
+		f.t.Fatalf("expected no command, got a %d-byte frame", len(p))
+	}
+}
+
+func TestCallGateGivesTurnsInOrderAndTakesThemBackFromCrashes(t *testing.T) {
+	// Two processes alive, one call at a time: stress mode's pre-forked next test.
+	s, path, root := startWith(t, 3, Config{Workers: 2, CallLimit: 1})
+	rootConn := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": 0, "pid": root.Process.Pid})
+	zid := asInt(rootConn.recv()["id"])
+	zyg := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": zid, "pid": os.Getpid()})
+	zyg.send(map[string]any{"t": "ready", "id": zid})
+	runner := func(run map[string]any, pid int) (*fake, int) {
+		rid, test := asInt(run["runner"]), asInt(run["tests"].([]any)[0])
+		r := dial(t, path, map[string]any{"t": "hello", "role": "runner", "id": rid, "pid": os.Getpid()})
+		zyg.send(map[string]any{"t": "forked", "kind": "runner", "id": rid, "pid": pid})
+		r.send(map[string]any{"t": "start", "test": test})
+		r.send(map[string]any{"t": "await_call", "test": test})
+		return r, test
+	}
+	a, ta := runner(zyg.recv(), 4_000_001)
+	if cmd := a.recv(); cmd["t"] != "go" {
+		t.Fatalf("first runner got %v", cmd)
+	}
+	b, tb := runner(zyg.recv(), 4_000_002)
+	b.quiet(200 * time.Millisecond) // A holds the only turn
+	a.send(map[string]any{"t": "called", "test": ta})
+	if cmd := b.recv(); cmd["t"] != "go" {
+		t.Fatalf("second runner got %v", cmd)
+	}
+	a.send(map[string]any{"t": "done", "test": ta, "maxrss": 1, "cpu": 0.0})
+	a.c.Close()
+	zyg.send(map[string]any{"t": "exited", "pid": 4_000_001, "status": 0, "maxrss": 0, "utime": 0.0, "stime": 0.0})
+	c, _ := runner(zyg.recv(), 4_000_003)
+	c.quiet(200 * time.Millisecond) // B holds the turn...
+	b.c.Close()                     // ...and dies holding it
+	zyg.send(map[string]any{"t": "exited", "pid": 4_000_002, "status": int(unix.SIGSEGV), "maxrss": 0, "utime": 0.0, "stime": 0.0})
+	if cmd := c.recv(); cmd["t"] != "go" {
+		t.Fatalf("third runner got %v after the holder crashed", cmd)
+	}
+	got := map[int]Event{}
+	deadline := time.Now().Add(5 * time.Second)
+	for got[tb] == nil && time.Now().Before(deadline) {
+		evs, _ := s.Poll(50 * time.Millisecond)
+		for _, e := range evs {
+			if e["t"] == "test" {
+				got[e["idx"].(int)] = e
+			}
+		}
+	}
+	if got[ta]["outcome"] != "ok" || got[tb]["outcome"] != "crashed" {
+		t.Fatalf("events: %v", got)
+	}
+	s.Stop(StopKill)
+}
+
+func TestCallGateRefusedWithoutACallLimit(t *testing.T) {
+	s, path, root := start(t, 1, 1)
+	rootConn := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": 0, "pid": root.Process.Pid})
+	zid := asInt(rootConn.recv()["id"])
+	zyg := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": zid, "pid": os.Getpid()})
+	zyg.send(map[string]any{"t": "ready", "id": zid})
+	run := zyg.recv()
+	rid, test := asInt(run["runner"]), asInt(run["tests"].([]any)[0])
+	r := dial(t, path, map[string]any{"t": "hello", "role": "runner", "id": rid, "pid": os.Getpid()})
+	zyg.send(map[string]any{"t": "forked", "kind": "runner", "id": rid, "pid": 5_000_001})
+	r.send(map[string]any{"t": "start", "test": test})
+	r.send(map[string]any{"t": "await_call", "test": test})
+	// The supervisor drops a runner that breaks the protocol, and kills it.
+	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.r.Next(); err == nil {
+		t.Fatal("a runner asking for a call turn without a call limit was answered")
+	}
+	s.Stop(StopKill)
 }
 
 func TestCrashAndMalformedFrameAreClassified(t *testing.T) {

@@ -89,6 +89,17 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     history: dict[str, float] = (cache.get(DURATIONS_KEY, {}) if (cache := getattr(config, "cache", None)) else {})
     honour_timeout_marker = not config.pluginmanager.hasplugin("timeout")
 
+    # Stress mode: `workers` tests run their threads at once (they should have the cores
+    # to themselves), and one more test process is forked and set up meanwhile, so the
+    # cores do not idle while each process starts (bench/threads.py: 4.5 s -> 3.9 s).
+    call_limit, processes = 0, settings.workers
+    if settings.isolate == "test" and (settings.threads > 1 or settings.iterations > 1):
+        call_limit, processes = settings.workers, settings.workers + 1
+        forwarder.call_gate = True
+    stress = config.pluginmanager.get_plugin("tach-stress")
+    if stress is not None:
+        stress.prepare(items)
+
     private = _private_dir()
     sock_path = os.path.join(private, "s")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -126,7 +137,7 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     } for i, item in enumerate(items)]
     try:
         core.start(msgpack.packb({"listen_fd": listen_fd, "root_pid": root,
-                                  "workers": settings.workers, "kill_grace": 1.0,
+                                  "workers": processes, "call_limit": call_limit, "kill_grace": 1.0,
                                   "persistent": settings.isolate == "none", "tests": tests}))
     except BaseException:
         _kill_root(root)

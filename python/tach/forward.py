@@ -25,6 +25,9 @@ class Forwarder:
         self.sock: socket.socket | None = None
         self.test = -1  # index of the test whose reports are being sent
         self.gate = -1  # index of the test whose teardown must wait for the supervisor
+        #: each test's call phase waits for a turn from the supervisor (stress mode,
+        #: where the next test process is set up while the current one runs)
+        self.call_gate = False
         # Frames not sent yet. Each send wakes the supervisor: the teardown report
         # waits for the test's "done" (and the next test's "start") to share one write.
         # Setup and call reports go at once, so that a crash later still shows them.
@@ -45,16 +48,35 @@ class Forwarder:
         _unstop(self.config)
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        """In stress mode a test's threads should have the cores to themselves, but its
+        process need not wait for the previous test to be forked and set up: it waits
+        here, set up, for its turn, and gives the turn back when its call is over."""
+        gated = self.sock is not None and self.call_gate
+        if gated:
+            self.send({"t": "await_call", "test": self.test})
+            self._wait_for_go()
+        try:
+            yield
+        finally:
+            if gated:
+                self.send({"t": "called", "test": self.test})
+
+    def _wait_for_go(self) -> None:
+        assert self.sock is not None
+        self.sock.settimeout(None)
+        msg = frames.recv(self.sock)
+        if msg is None or msg.get("t") != "go":
+            os._exit(75)  # the supervisor is gone or confused: nothing to report to
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Any) -> Any:
         """The last test of a zygote's final unit tears that zygote's scope down; it may
         do so only once every other unit of the zygote is done. It ran its setup and
         call meanwhile; here it waits for the supervisor's go."""
         if self.sock is not None and self.test == self.gate >= 0:
             self.send({"t": "await", "test": self.test})
-            self.sock.settimeout(None)
-            msg = frames.recv(self.sock)
-            if msg is None or msg.get("t") != "go":
-                os._exit(75)  # the supervisor is gone or confused: nothing to report to
+            self._wait_for_go()
         yield
 
     def pytest_warning_recorded(self, warning_message: Any, when: str, nodeid: str,
