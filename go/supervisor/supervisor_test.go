@@ -161,6 +161,28 @@ func TestOneRunnerPerTestAndCleanEnd(t *testing.T) {
 	}
 }
 
+// sessionZygote plays the root zygote and the session zygote it is told to spawn, up
+// to ready, and returns the session zygote's connection.
+func sessionZygote(t *testing.T, path string, root *exec.Cmd) *fake {
+	t.Helper()
+	rootConn := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": 0, "pid": root.Process.Pid})
+	zid := asInt(rootConn.recv()["id"])
+	zyg := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": zid, "pid": os.Getpid()})
+	zyg.send(map[string]any{"t": "ready", "id": zid})
+	return zyg
+}
+
+// runnerFor plays the runner a run command asked zyg for (as process pid): forked,
+// hello, start. It returns the runner's connection and its test.
+func runnerFor(t *testing.T, path string, zyg *fake, run map[string]any, pid int) (*fake, int) {
+	t.Helper()
+	rid, test := asInt(run["runner"]), asInt(run["tests"].([]any)[0])
+	r := dial(t, path, map[string]any{"t": "hello", "role": "runner", "id": rid, "pid": os.Getpid()})
+	zyg.send(map[string]any{"t": "forked", "kind": "runner", "id": rid, "pid": pid})
+	r.send(map[string]any{"t": "start", "test": test})
+	return r, test
+}
+
 // quiet fails if a command arrives within d.
 func (f *fake) quiet(d time.Duration) {
 	f.t.Helper()
@@ -173,15 +195,9 @@ func (f *fake) quiet(d time.Duration) {
 func TestCallGateGivesTurnsInOrderAndTakesThemBackFromCrashes(t *testing.T) {
 	// Two processes alive, one call at a time: stress mode's pre-forked next test.
 	s, path, root := startWith(t, 3, Config{Workers: 2, CallLimit: 1})
-	rootConn := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": 0, "pid": root.Process.Pid})
-	zid := asInt(rootConn.recv()["id"])
-	zyg := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": zid, "pid": os.Getpid()})
-	zyg.send(map[string]any{"t": "ready", "id": zid})
+	zyg := sessionZygote(t, path, root)
 	runner := func(run map[string]any, pid int) (*fake, int) {
-		rid, test := asInt(run["runner"]), asInt(run["tests"].([]any)[0])
-		r := dial(t, path, map[string]any{"t": "hello", "role": "runner", "id": rid, "pid": os.Getpid()})
-		zyg.send(map[string]any{"t": "forked", "kind": "runner", "id": rid, "pid": pid})
-		r.send(map[string]any{"t": "start", "test": test})
+		r, test := runnerFor(t, path, zyg, run, pid)
 		r.send(map[string]any{"t": "await_call", "test": test})
 		return r, test
 	}
@@ -223,15 +239,8 @@ func TestCallGateGivesTurnsInOrderAndTakesThemBackFromCrashes(t *testing.T) {
 
 func TestCallGateRefusedWithoutACallLimit(t *testing.T) {
 	s, path, root := start(t, 1, 1)
-	rootConn := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": 0, "pid": root.Process.Pid})
-	zid := asInt(rootConn.recv()["id"])
-	zyg := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": zid, "pid": os.Getpid()})
-	zyg.send(map[string]any{"t": "ready", "id": zid})
-	run := zyg.recv()
-	rid, test := asInt(run["runner"]), asInt(run["tests"].([]any)[0])
-	r := dial(t, path, map[string]any{"t": "hello", "role": "runner", "id": rid, "pid": os.Getpid()})
-	zyg.send(map[string]any{"t": "forked", "kind": "runner", "id": rid, "pid": 5_000_001})
-	r.send(map[string]any{"t": "start", "test": test})
+	zyg := sessionZygote(t, path, root)
+	r, test := runnerFor(t, path, zyg, zyg.recv(), 5_000_001)
 	r.send(map[string]any{"t": "await_call", "test": test})
 	// The supervisor drops a runner that breaks the protocol, and kills it.
 	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -243,10 +252,7 @@ func TestCallGateRefusedWithoutACallLimit(t *testing.T) {
 
 func TestCrashAndMalformedFrameAreClassified(t *testing.T) {
 	s, path, root := start(t, 2, 2)
-	rootConn := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": 0, "pid": root.Process.Pid})
-	zid := asInt(rootConn.recv()["id"])
-	zyg := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": zid, "pid": os.Getpid()})
-	zyg.send(map[string]any{"t": "ready", "id": zid})
+	zyg := sessionZygote(t, path, root)
 	runs := []map[string]any{zyg.recv(), zyg.recv()}
 	// Runner A dies of SIGSEGV mid-test; runner B writes garbage.
 	for i, run := range runs {
