@@ -76,7 +76,7 @@ def main() -> int:
     out()
     out(f"bench/threads.py: {args.tests} tests, {t} threads × {it} iterations, median of {args.reps} "
         "interleaved runs; tach in its default `--tach-isolate test` (a process per test) and "
-        "`none` (long-lived runners), 1 test at a time like pytest-run-parallel.")
+        "`none` (long-lived runners), one test body at a time like pytest-run-parallel (with `test`, the next test's process is forked and set up meanwhile).")
     out()
     out("| tool | wall s | × run-parallel |")
     out("|---|---:|---:|")
