@@ -198,6 +198,20 @@ def test_one_call_at_a_time_while_the_next_test_is_set_up(pytester: pytest.Pytes
     assert prepared >= 3, f"the next test was set up during the body in only {prepared} of 4"
 
 
+def test_exitfirst_stops_where_plain_pytest_stops(pytester: pytest.Pytester) -> None:
+    """The process set up ahead must not take its turn before the test dispatched
+    before it: with one worker, tests run their bodies in order, as in a plain run."""
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.parametrize("i", range(6))
+        def test_a(i):
+            assert i != 2
+    """)
+    for _ in range(3):
+        r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", "1", "-x")
+        assert list(outcomes.values()) == ["passed", "passed", "failed"], r.stdout.str()
+
+
 def test_refuses_to_double_run_with_pytest_run_parallel(pytester: pytest.Pytester) -> None:
     pytester.makeconftest("""
         def pytest_configure(config):

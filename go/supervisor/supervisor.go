@@ -83,11 +83,12 @@ type testRun struct {
 	deadline time.Time
 	timedOut bool
 	pausedAt time.Time // waiting at a gate: its deadline does not run
-	callHeld bool      // in its call phase, counted against CallLimit
-	done     bool
-	finished bool
-	maxrssKB int
-	cpu      float64
+	// the call gate (Config.CallLimit): waiting for a turn, had one, holds one now
+	awaitingCall, hadTurn, callHeld bool
+	done                            bool
+	finished                        bool
+	maxrssKB                        int
+	cpu                             float64
 }
 
 type runnerProc struct {
@@ -131,7 +132,7 @@ type Supervisor struct {
 	runners       map[int]*runnerProc
 	live          map[int]*runnerProc // runners not ended: what the timers look at
 	waiting       map[int]*runnerProc // runners whose final test waits at the teardown gate
-	callQueue     []*testRun          // tests waiting at the call gate, in arrival order
+	callOrder     []*testRun          // with a call limit: tests in dispatch order, for turns
 	calling       int                 // tests holding a call turn
 	zygotes       map[int]*zproc
 	byPID         map[int]any // *runnerProc or *zproc
@@ -450,15 +451,13 @@ func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
 	case "await":
 		r.awaiting, t.pausedAt = t, time.Now()
 		s.waiting[r.id] = r
+		s.endCall(t) // its scope's other tests may need the turn before it can go on
 	case "await_call":
-		if s.cfg.CallLimit <= 0 || t.callHeld {
+		if s.cfg.CallLimit <= 0 || t.hadTurn || t.awaitingCall {
 			s.connEnded(r.conn, fmt.Errorf("runner %d asked for a call turn it cannot have", r.id))
 			return
 		}
-		t.pausedAt = time.Now()
-		s.callQueue = append(s.callQueue, t)
-	case "called":
-		s.endCall(t)
+		t.awaitingCall, t.pausedAt = true, time.Now()
 	case "abort":
 		f := in.msg.Fields
 		s.emit(Event{"t": "abort", "test": t.idx, "reason": f["reason"], "code": asInt(f["code"]),
@@ -706,13 +705,20 @@ func (s *Supervisor) dispatch() {
 			s.command(r.conn, map[string]any{"t": "go"})
 		}
 	}
-	for s.calling < s.cfg.CallLimit && len(s.callQueue) > 0 {
-		t := s.callQueue[0]
-		s.callQueue = s.callQueue[1:]
-		if t.finished || t.runner == nil || t.runner.ended {
-			continue // it crashed or was killed while waiting
+	// Turns go in dispatch order, as tests would run one after another: a test set up
+	// sooner than the one before it still waits for it (-x must stop where plain pytest
+	// would).
+	for s.calling < s.cfg.CallLimit && len(s.callOrder) > 0 {
+		t := s.callOrder[0]
+		if t.hadTurn || s.tests[t.idx] != t || t.runner == nil || t.runner.ended {
+			s.callOrder = s.callOrder[1:] // done without a call (setup failed), crashed, or requeued
+			continue
 		}
-		t.callHeld = true
+		if !t.awaitingCall {
+			break // still setting up
+		}
+		s.callOrder = s.callOrder[1:]
+		t.awaitingCall, t.hadTurn, t.callHeld = false, true, true
 		s.calling++
 		resume(t)
 		s.command(t.runner.conn, map[string]any{"t": "go"})
@@ -724,9 +730,13 @@ func (s *Supervisor) dispatch() {
 	}
 }
 
-// endCall gives t's call turn back: its call phase ended (teardown may wait at the
-// teardown gate for tests that need a turn), or the test ended.
+// endCall ends t's part in the call gate: it gives its turn back when the test ends,
+// so the next test's reports come after its own (-x stops where a plain run stops), or
+// when the test waits at the teardown gate for other tests of its zygotes, which may
+// need the turn (a test whose setup failed gets there without a call: it must not hold
+// up the turn order either).
 func (s *Supervisor) endCall(t *testRun) {
+	t.hadTurn = true
 	if t.callHeld {
 		t.callHeld = false
 		s.calling--
@@ -745,6 +755,9 @@ func (s *Supervisor) assign(r *runnerProc, tests []int) {
 	r.remaining = len(tests)
 	for _, i := range tests {
 		s.tests[i] = &testRun{idx: i, runner: r}
+		if s.cfg.CallLimit > 0 {
+			s.callOrder = append(s.callOrder, s.tests[i])
+		}
 	}
 }
 

@@ -192,7 +192,7 @@ func (f *fake) quiet(d time.Duration) {
 	}
 }
 
-func TestCallGateGivesTurnsInOrderAndTakesThemBackFromCrashes(t *testing.T) {
+func TestCallGateGivesTurnsInDispatchOrderAndTakesThemBackFromCrashes(t *testing.T) {
 	// Two processes alive, one call at a time: stress mode's pre-forked next test.
 	s, path, root := startWith(t, 3, Config{Workers: 2, CallLimit: 1})
 	zyg := sessionZygote(t, path, root)
@@ -201,17 +201,18 @@ func TestCallGateGivesTurnsInOrderAndTakesThemBackFromCrashes(t *testing.T) {
 		r.send(map[string]any{"t": "await_call", "test": test})
 		return r, test
 	}
-	a, ta := runner(zyg.recv(), 4_000_001)
+	runA, runB := zyg.recv(), zyg.recv()
+	b, tb := runner(runB, 4_000_002) // set up first, but dispatched second
+	b.quiet(200 * time.Millisecond)
+	a, ta := runner(runA, 4_000_001)
 	if cmd := a.recv(); cmd["t"] != "go" {
 		t.Fatalf("first runner got %v", cmd)
 	}
-	b, tb := runner(zyg.recv(), 4_000_002)
-	b.quiet(200 * time.Millisecond) // A holds the only turn
-	a.send(map[string]any{"t": "called", "test": ta})
+	b.quiet(200 * time.Millisecond) // A holds the only turn until its test is done
+	a.send(map[string]any{"t": "done", "test": ta, "maxrss": 1, "cpu": 0.0})
 	if cmd := b.recv(); cmd["t"] != "go" {
 		t.Fatalf("second runner got %v", cmd)
 	}
-	a.send(map[string]any{"t": "done", "test": ta, "maxrss": 1, "cpu": 0.0})
 	a.c.Close()
 	zyg.send(map[string]any{"t": "exited", "pid": 4_000_001, "status": 0, "maxrss": 0, "utime": 0.0, "stime": 0.0})
 	c, _ := runner(zyg.recv(), 4_000_003)

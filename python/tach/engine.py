@@ -91,7 +91,7 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
 
     # Stress mode: `workers` tests run their threads at once (they should have the cores
     # to themselves), and one more test process is forked and set up meanwhile, so the
-    # cores do not idle while each process starts (bench/threads.py: 4.5 s -> 3.9 s).
+    # cores do not idle while each process starts (bench/threads.py: 5-13% faster).
     call_limit, processes = 0, settings.workers
     if settings.isolate == "test" and (settings.threads > 1 or settings.iterations > 1):
         call_limit, processes = settings.workers, settings.workers + 1

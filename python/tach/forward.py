@@ -51,16 +51,12 @@ class Forwarder:
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
         """In stress mode a test's threads should have the cores to themselves, but its
         process need not wait for the previous test to be forked and set up: it waits
-        here, set up, for its turn, and gives the turn back when its call is over."""
-        gated = self.sock is not None and self.call_gate
-        if gated:
+        here, set up, for its turn (the supervisor takes the turn back when the test
+        is done)."""
+        if self.sock is not None and self.call_gate:
             self.send({"t": "await_call", "test": self.test})
             self._wait_for_go()
-        try:
-            yield
-        finally:
-            if gated:
-                self.send({"t": "called", "test": self.test})
+        yield
 
     def _wait_for_go(self) -> None:
         assert self.sock is not None
