@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tach import unsafe
+from tach import gil, unsafe
 
 if sys.version_info < (3, 11):  # pragma: no cover - pytest depends on the backport there
     from exceptiongroup import ExceptionGroup
@@ -242,8 +242,6 @@ class StressPlugin:
 
     def __init__(self, config: pytest.Config, threads: int, iterations: int,
                  skip_unsafe: bool, require_gil_disabled: bool) -> None:
-        from tach import gil
-
         self.config = config
         self.threads = threads
         self.iterations = iterations
@@ -310,8 +308,6 @@ class StressPlugin:
         return True
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
-        from tach import gil
-
         gil.context = lambda: f"test {nodeid}"
 
     @pytest.hookimpl(hookwrapper=True)
@@ -327,16 +323,12 @@ class StressPlugin:
                     return  # the call failed saying why
             rep.tach_threads = {"threads": p.threads, "iterations": p.iterations, "unsafe": p.unsafe}
         if self.watching:
-            from tach import gil
-
             events = gil.take()
             if events:
                 rep.tach_gil = [{"module": e.module, "context": e.context} for e in events]
 
     # -- the main process ------------------------------------------------------------
     def pytest_collectstart(self, collector: pytest.Collector) -> None:
-        from tach import gil
-
         gil.context = lambda: f"collection of {collector.nodeid or 'the session'}"
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -346,7 +338,6 @@ class StressPlugin:
                 self.single[report.nodeid] = str(info["unsafe"])
             elif info.get("threads", 1) > 1 or info.get("iterations", 1) > 1:
                 self.stressed[report.nodeid] = (int(info["threads"]), int(info["iterations"]))
-        from tach import gil
 
         for e in getattr(report, "tach_gil", None) or ():
             self.gil_events.append(gil.Event(str(e.get("module")), str(e.get("context"))))
@@ -374,8 +365,6 @@ class StressPlugin:
         outcome.force_result((category, letter, word))
 
     def gil_problems(self) -> list[Any]:
-        from tach import gil
-
         return self.gil_events + gil.take()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
