@@ -104,7 +104,14 @@ var (
 	sup   *supervisor.Supervisor
 )
 
+// oneP runs the Go runtime on one P. The supervisor's work is small and event-driven
+// (a few frames per test); with a P per CPU, idle Ms spin looking for work and wake
+// each other through futexes on the cores the tests need. Measured on 2000 trivial
+// tests with 2 CPUs: the main process's CPU time fell 14% (4.8 -> 4.15 s).
+var oneP sync.Once
+
 func startSupervisor(in []byte) error {
+	oneP.Do(func() { runtime.GOMAXPROCS(1) })
 	var cfg supervisor.Config
 	if err := msgpack.Unmarshal(in, &cfg); err != nil {
 		return valueError{fmt.Errorf("decoding start config: %w", err)}
