@@ -2,7 +2,8 @@
 interleaved runs, median wall time (issue: "thread-stress overhead ... <= 1.3x").
 
 Also times collection (--co) of 2000 tests with and without --tach-threads, since
-thread-unsafe detection must not slow collection (tach analyses lazily, in the runner).
+thread-unsafe detection must not slow collection (tach analyses after collection, once,
+before the first fork).
 
 Usage: python bench/threads.py [--reps N] [--threads 4] [--iterations 10] [--append FILE]
 Needs pytest-run-parallel installed beside tach (for the comparison only).
@@ -76,7 +77,8 @@ def main() -> int:
     out()
     out(f"bench/threads.py: {args.tests} tests, {t} threads × {it} iterations, median of {args.reps} "
         "interleaved runs; tach in its default `--tach-isolate test` (a process per test) and "
-        "`none` (long-lived runners), one test body at a time like pytest-run-parallel (with `test`, the next test's process is forked and set up meanwhile).")
+        "`none` (long-lived runners), one test body at a time like pytest-run-parallel "
+        "(with `test`, the next test's process is forked and set up meanwhile).")
     out()
     out("| tool | wall s | × run-parallel |")
     out("|---|---:|---:|")

@@ -83,12 +83,13 @@ type testRun struct {
 	deadline time.Time
 	timedOut bool
 	pausedAt time.Time // waiting at a gate: its deadline does not run
-	// the call gate (Config.CallLimit): waiting for a turn, had one, holds one now
-	awaitingCall, hadTurn, callHeld bool
-	done                            bool
-	finished                        bool
-	maxrssKB                        int
-	cpu                             float64
+	// the call gate (Config.CallLimit): waiting for a turn; done with the gate (had its
+	// turn, or ended or reached teardown without one); holds a turn now
+	awaitingCall, turnOver, callHeld bool
+	done                             bool
+	finished                         bool
+	maxrssKB                         int
+	cpu                              float64
 }
 
 type runnerProc struct {
@@ -453,7 +454,7 @@ func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
 		s.waiting[r.id] = r
 		s.endCall(t) // its scope's other tests may need the turn before it can go on
 	case "await_call":
-		if s.cfg.CallLimit <= 0 || t.hadTurn || t.awaitingCall {
+		if s.cfg.CallLimit <= 0 || t.turnOver || t.awaitingCall {
 			s.connEnded(r.conn, fmt.Errorf("runner %d asked for a call turn it cannot have", r.id))
 			return
 		}
@@ -710,7 +711,7 @@ func (s *Supervisor) dispatch() {
 	// would).
 	for s.calling < s.cfg.CallLimit && len(s.callOrder) > 0 {
 		t := s.callOrder[0]
-		if t.hadTurn || s.tests[t.idx] != t || t.runner == nil || t.runner.ended {
+		if t.turnOver || s.tests[t.idx] != t || t.runner == nil || t.runner.ended {
 			s.callOrder = s.callOrder[1:] // done without a call (setup failed), crashed, or requeued
 			continue
 		}
@@ -718,7 +719,7 @@ func (s *Supervisor) dispatch() {
 			break // still setting up
 		}
 		s.callOrder = s.callOrder[1:]
-		t.awaitingCall, t.hadTurn, t.callHeld = false, true, true
+		t.awaitingCall, t.turnOver, t.callHeld = false, true, true
 		s.calling++
 		resume(t)
 		s.command(t.runner.conn, map[string]any{"t": "go"})
@@ -736,7 +737,7 @@ func (s *Supervisor) dispatch() {
 // need the turn (a test whose setup failed gets there without a call: it must not hold
 // up the turn order either).
 func (s *Supervisor) endCall(t *testRun) {
-	t.hadTurn = true
+	t.turnOver = true
 	if t.callHeld {
 		t.callHeld = false
 		s.calling--

@@ -93,7 +93,7 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     # to themselves), and one more test process is forked and set up meanwhile, so the
     # cores do not idle while each process starts (bench/threads.py: 5-13% faster).
     call_limit, processes = 0, settings.workers
-    if settings.isolate == "test" and (settings.threads > 1 or settings.iterations > 1):
+    if settings.isolate == "test" and settings.stress:
         call_limit, processes = settings.workers, settings.workers + 1
         forwarder.call_gate = True
     stress = config.pluginmanager.get_plugin("tach-stress")

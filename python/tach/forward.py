@@ -104,5 +104,3 @@ def _unstop(config: pytest.Config) -> None:
                 setattr(session, f"_{name}", False)
             else:
                 setattr(session, name, False)
-
-

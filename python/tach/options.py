@@ -22,6 +22,11 @@ class Settings:
     skip_thread_unsafe: bool = False
     require_gil_disabled: bool = False
 
+    @property
+    def stress(self) -> bool:
+        """Stress mode: test bodies run in several threads or several times."""
+        return self.threads > 1 or self.iterations > 1
+
 
 def addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tach", "tach: isolated, parallel, crash-proof test processes")

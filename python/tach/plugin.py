@@ -46,7 +46,7 @@ def _configure_stress(config: pytest.Config, settings: options.Settings) -> None
 
     other = config.pluginmanager.has_plugin("run-parallel")
     theirs = str(getattr(config.option, "parallel_threads", "1")) not in ("1", "None")
-    if other and (settings.threads > 1 or settings.iterations > 1 or theirs):
+    if other and (settings.stress or theirs):
         raise pytest.UsageError(
             "pytest-run-parallel is active in this run too, and both would run test bodies in "
             "threads. Use tach's --tach-threads/--tach-iterations (its markers, fixtures and "
@@ -77,7 +77,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         timeout = f", timeout {s.timeout:g}s" if s.timeout else ""
         workers = f"{s.workers} worker{'s' if s.workers != 1 else ''}"
         lines = [f"tach {tach.__version__}: {workers}, isolate={s.isolate}{timeout}"]
-    if s.threads > 1 or s.iterations > 1:
+    if s.stress:
         lines.append(f"tach stress: {s.threads} threads x {s.iterations} iterations per test")
     build = "free-threaded build" if gil.free_threaded_build() else "build with the GIL"
     lines.append(f"tach python: {build}, GIL {'enabled' if gil.gil_enabled() else 'disabled'} now")

@@ -295,11 +295,7 @@ class StressPlugin:
         try:
             p = self.plan(pyfuncitem)
         except pytest.UsageError as e:  # a marker's bad argument fails its test only
-            bad = str(e)
-        else:
-            bad = ""
-        if bad:
-            pytest.fail(bad, pytrace=False)
+            raise pytest.fail.Exception(str(e), pytrace=False) from None
         if p.unsafe and self.skip_unsafe:
             pytest.skip(f"thread-unsafe: it {p.unsafe}")
         if not p.active:
@@ -315,12 +311,10 @@ class StressPlugin:
         outcome = yield
         rep = outcome.get_result()
         if call.when == "call" and (self.requested or item.get_closest_marker("force_parallel_threads")):
-            p = self.plans.get(item)
-            if p is None:
-                try:
-                    p = self.plan(item)
-                except pytest.UsageError:
-                    return  # the call failed saying why
+            try:
+                p = self.plan(item)
+            except pytest.UsageError:
+                return  # the call failed saying why
             rep.tach_threads = {"threads": p.threads, "iterations": p.iterations, "unsafe": p.unsafe}
         if self.watching:
             events = gil.take()
