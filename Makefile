@@ -88,5 +88,5 @@ ext:
 	$(PYTHON) -c 'import sys; sys.path.insert(0, "build"); import tach_build as b; b.build_extension(b.PKG_SRC)'
 
 clean:
-	rm -f python/tach/_core*.so python/tach/_core*.h
+	rm -f python/tach/_core*.so python/tach/_core*.h python/tach/_reset*.so
 	find . -name __pycache__ -prune -exec rm -rf {} +

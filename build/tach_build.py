@@ -1,9 +1,10 @@
-"""tach's PEP 517 build backend: builds the Go extension and packs the wheel.
+"""tach's PEP 517 build backend: builds the two extensions and packs the wheel.
 
-Why an in-tree backend rather than setuptools/hatchling/scikit-build: the only compiled
-part is one `go build -buildmode=c-shared` call, and what a wheel needs around it (a zip
+Why an in-tree backend rather than setuptools/hatchling/scikit-build: the compiled parts
+are one `go build -buildmode=c-shared` call and one C file for the C compiler, and what
+a wheel needs around them (a zip
 with METADATA, WHEEL, RECORD) is a few dozen lines. A general backend would add a build
-dependency, a plugin layer and its own idea of where outputs go, to wrap that one call.
+dependency, a plugin layer and its own idea of where outputs go, to wrap those two calls.
 docs/building.md has the longer argument.
 
 Hooks: build_wheel, build_sdist, build_editable (PEP 660), and the get_requires_* hooks
@@ -34,11 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PKG_SRC = ROOT / "python" / "tach"
 GO_PKG = "./go/core"
+RESET_SRC = ROOT / "c" / "reset" / "reset.c"
 
 # Files an sdist carries: enough to rebuild the wheel and run the tests.
 SDIST_INCLUDE = [
     "pyproject.toml", "go.mod", "go.sum", "README.md", "Makefile", "LICENSE",
-    "build", "go", "python", "tests", "examples", "docs", "bench", ".ci",
+    "build", "c", "go", "python", "tests", "examples", "docs", "bench", ".ci",
 ]
 
 
@@ -163,20 +165,51 @@ def check_go(go: str) -> str:
     return out
 
 
-def build_extension(dest_dir: Path) -> Path:
-    """Build tach._core for the running interpreter into dest_dir; return the file."""
-    go = _find_go()
-    check_go(go)
-    cc = os.environ.get("CC", "gcc").split()[0]
-    if not shutil.which(cc):
-        raise BuildError(f"tach: cgo needs a C compiler and `{cc}` was not found (set CC)")
+def build_extension(dest_dir: Path) -> list[Path]:
+    """Build tach's two extensions for the running interpreter into dest_dir.
+
+    tach._core is the Go supervisor (main process only); tach._reset is plain C with no
+    Go in it, because the forked processes that use it must never start a Go runtime.
+    """
+    return [build_core(dest_dir), build_reset(dest_dir)]
+
+
+def _includes() -> list[str]:
     paths = sysconfig.get_paths()
-    includes = {paths["include"], paths["platinclude"]}
     if not (Path(paths["include"]) / "Python.h").exists():
         raise BuildError(
             f"tach: Python.h not found in {paths['include']}; install this interpreter's "
             "development headers (e.g. python3-dev)"
         )
+    return sorted({paths["include"], paths["platinclude"]})
+
+
+def _find_cc() -> list[str]:
+    cc = os.environ.get("CC", "gcc").split()
+    if not shutil.which(cc[0]):
+        raise BuildError(f"tach: building needs a C compiler and `{cc[0]}` was not found (set CC)")
+    return cc
+
+
+def build_reset(dest_dir: Path) -> Path:
+    """Build tach._reset (c/reset/reset.c) into dest_dir; return the file."""
+    cc = _find_cc()
+    out = dest_dir / f"_reset{sysconfig.get_config_var('EXT_SUFFIX')}"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [*cc, "-O2", "-shared", "-fPIC", "-Wall", *[f"-I{d}" for d in _includes()],
+           *os.environ.get("CFLAGS", "").split(), str(RESET_SRC), "-o", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"tach: `{' '.join(cmd)}` failed:\n{proc.stderr}")
+    return out
+
+
+def build_core(dest_dir: Path) -> Path:
+    """Build tach._core (the Go supervisor) into dest_dir; return the file."""
+    go = _find_go()
+    check_go(go)
+    _find_cc()  # cgo's
+    includes = _includes()
     ext_suffix = sysconfig.get_config_var("EXT_SUFFIX")
     dest_dir.mkdir(parents=True, exist_ok=True)
     out = dest_dir / f"_core{ext_suffix}"
@@ -187,7 +220,7 @@ def build_extension(dest_dir: Path) -> Path:
             "CGO_ENABLED": "1",
             "GOTOOLCHAIN": "local",  # never download a toolchain during a pip install
             "CGO_CFLAGS": " ".join(
-                [f"-I{d}" for d in sorted(includes)] + ["-O2"]
+                [f"-I{d}" for d in includes] + ["-O2"]
                 + os.environ.get("CGO_CFLAGS", "").split()
             ),
         }
@@ -246,7 +279,7 @@ def _package_files() -> list[Path]:
     for p in sorted(PKG_SRC.rglob("*")):
         if p.is_dir() or "__pycache__" in p.parts:
             continue
-        if p.name.startswith("_core") and p.suffix in (".so", ".h"):
+        if p.name.startswith(("_core", "_reset")) and p.suffix in (".so", ".h"):
             continue
         out.append(p)
     return out
@@ -260,11 +293,12 @@ def _wheel_name() -> tuple[str, str, str]:
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     filename, dist_info, tag = _wheel_name()
     with tempfile.TemporaryDirectory(prefix="tach-ext-") as tmp:
-        ext = build_extension(Path(tmp))
+        exts = build_extension(Path(tmp))
         whl = _Wheel(Path(wheel_directory) / filename, dist_info)
         for p in _package_files():
             whl.add("tach/" + p.relative_to(PKG_SRC).as_posix(), p.read_bytes())
-        whl.add(f"tach/{ext.name}", ext.read_bytes(), executable=True)
+        for ext in exts:
+            whl.add(f"tach/{ext.name}", ext.read_bytes(), executable=True)
         whl.close(tag)
     return filename
 
