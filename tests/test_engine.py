@@ -69,7 +69,8 @@ def test_each_test_in_its_own_process_and_go_only_in_main(pytester: pytest.Pytes
             assert "tach._core" not in sys.modules, "Go was loaded into a test process"
             (tmp_path.parent / f"pid{i}").write_text(str(os.getpid()))
     """)
-    r = pytester.runpytest_subprocess("-p", "tach", "--basetemp", str(pytester.path / "bt"))
+    # --tach-reset snapshot reuses a process, restored between tests (tests/test_reset.py)
+    r = pytester.runpytest_subprocess("-p", "tach", "--tach-reset", "fork", "--basetemp", str(pytester.path / "bt"))
     r.assert_outcomes(passed=6)
     pids = {p.read_text() for p in (pytester.path / "bt").glob("pid*")}
     assert len(pids) == 6

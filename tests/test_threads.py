@@ -172,24 +172,24 @@ def test_one_call_at_a_time_while_the_next_test_is_set_up(pytester: pytest.Pytes
     log = pytester.path / "log.jsonl"
     pytester.makepyfile(f"""
         import json, os, time, pytest
-        def mark(what):
+        def mark(request, what):
             with open({str(log)!r}, "a") as f:
-                f.write(json.dumps([os.getpid(), what, time.monotonic()]) + "\\n")
+                f.write(json.dumps([request.node.name, what, time.monotonic()]) + "\\n")
         @pytest.fixture(autouse=True)
-        def setup_mark():
-            mark("setup")
+        def setup_mark(request):
+            mark(request, "setup")
         @pytest.mark.parametrize("i", range(5))
-        def test_body(i):
-            mark("call")
+        def test_body(i, request):
+            mark(request, "call")
             time.sleep(0.2)
-            mark("called")
+            mark(request, "called")
     """)
     r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", "1")
     assert list(outcomes.values()) == ["passed"] * 5, r.stdout.str()
-    events: dict[int, dict[str, list[float]]] = {}
+    events: dict[str, dict[str, list[float]]] = {}
     for line in log.read_text().splitlines():
-        pid, what, t = json.loads(line)
-        events.setdefault(pid, {}).setdefault(what, []).append(t)
+        test, what, t = json.loads(line)
+        events.setdefault(test, {}).setdefault(what, []).append(t)
     calls = sorted((min(e["call"]), max(e["called"]), min(e["setup"])) for e in events.values())
     assert len(calls) == 5
     for (_, end, _), (start, _, _) in zip(calls, calls[1:]):

@@ -108,7 +108,7 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     ctx = zygote.Context(session=session, items=items, levels=levels, sock_path=sock_path,
                          fault_dir=private, forwarder=forwarder,
                          serial_fixtures=frozenset(settings.serial_fixtures),
-                         listen_fd=listener.fileno())
+                         listen_fd=listener.fileno(), reset=settings.reset == "snapshot")
     # Flush before forking: buffered output would otherwise be written twice.
     sys.stdout.flush()
     sys.stderr.flush()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 ISOLATE_MODES = ("test", "module", "none")
+RESET_MODES = ("auto", "snapshot", "fork")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Settings:
     iterations: int = 1
     skip_thread_unsafe: bool = False
     require_gil_disabled: bool = False
+    reset: str = "auto"
 
     @property
     def stress(self) -> bool:
@@ -39,6 +41,14 @@ def addoption(parser: pytest.Parser) -> None:
         "--tach-isolate", dest="tach_isolate", metavar="MODE", default=None,
         help="test (default): every test in its own forked process; module: one process "
         "per module; none: long-lived workers. ini: tach_isolate",
+    )
+    group.addoption(
+        "--tach-reset", dest="tach_reset", metavar="HOW", default=None,
+        help="how --tach-isolate test gives each test a fresh process: snapshot: reuse "
+        "one, restoring its memory and kernel state to the moment it was forked "
+        "(Linux 6.7+; falls back to a fork for a test that leaves threads or child "
+        "processes behind); fork: fork anew for every test; auto (default): snapshot "
+        "where the kernel allows it. ini: tach_reset",
     )
     group.addoption(
         "--tach-timeout", dest="tach_timeout", metavar="SECONDS", default=None,
@@ -81,6 +91,7 @@ def addoption(parser: pytest.Parser) -> None:
         parser.addini("thread_unsafe_functions", "functions (module.name) whose use makes a "
                       "test run single-threaded in tach's stress mode", type="linelist", default=[])
     parser.addini("tach_isolate", "default for --tach-isolate", default="test")
+    parser.addini("tach_reset", "default for --tach-reset", default="auto")
     parser.addini("tach_timeout", "default for --tach-timeout (seconds)", default="0")
     parser.addini("tach_serial_fixtures", "fixtures whose zygote runs its tests one at a "
                   "time (e.g. ones holding a connection the tests would share)", type="linelist",
@@ -119,11 +130,10 @@ def parse_int_or_auto(value: object, source: str, minimum: int) -> int:
     return n
 
 
-def parse_isolate(value: str, source: str) -> str:
+def parse_choice(value: str, source: str, choices: tuple[str, ...]) -> str:
     v = value.strip().lower()
-    if v not in ISOLATE_MODES:
-        raise pytest.UsageError(
-            f"{source}: expected one of {', '.join(ISOLATE_MODES)}, got {value!r}")
+    if v not in choices:
+        raise pytest.UsageError(f"{source}: expected one of {', '.join(choices)}, got {value!r}")
     return v
 
 
@@ -157,7 +167,7 @@ def settings(config: pytest.Config) -> Settings:
         workers = max(1, workers // threads)
     return Settings(
         workers=workers,
-        isolate=parse_isolate(*pick("tach_isolate", "tach_isolate")),
+        isolate=parse_choice(*pick("tach_isolate", "tach_isolate"), ISOLATE_MODES),
         timeout=parse_timeout(*pick("tach_timeout", "tach_timeout")),
         report=bool(config.getoption("tach_report")),
         serial_fixtures=tuple(config.getini("tach_serial_fixtures")),
@@ -165,4 +175,5 @@ def settings(config: pytest.Config) -> Settings:
         iterations=parse_int_or_auto(*pick("tach_iterations", "tach_iterations"), minimum=1),
         skip_thread_unsafe=bool(config.getoption("tach_skip_thread_unsafe")),
         require_gil_disabled=bool(config.getoption("tach_require_gil_disabled")),
+        reset=parse_choice(*pick("tach_reset", "tach_reset"), RESET_MODES),
     )

@@ -28,6 +28,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("usepdb", False) and settings.workers > 1:
         # One test at a time, so the debugger owns the terminal.
         settings = dataclasses.replace(settings, workers=1)
+    settings = _resolve_reset(settings)
     config.stash[_SETTINGS] = settings
     config.addinivalue_line("markers", "timeout(seconds): tach's per-test deadline "
                             "(when pytest-timeout is not installed)")
@@ -39,6 +40,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_FORWARDER] = fw
     config.pluginmanager.register(fw, "tach-forwarder")
     _configure_stress(config, settings)
+
+
+def _resolve_reset(settings: options.Settings) -> options.Settings:
+    """Turn --tach-reset auto into snapshot or fork, as the kernel allows."""
+    if settings.reset == "fork" or settings.isolate != "test" or settings.workers == 0:
+        return dataclasses.replace(settings, reset="fork")
+    try:
+        from tach import _reset
+
+        why = _reset.probe()
+    except ImportError as e:
+        why = f"tach._reset could not be loaded: {e}"
+    if why is None:
+        return dataclasses.replace(settings, reset="snapshot")
+    if settings.reset == "snapshot":
+        raise pytest.UsageError(f"--tach-reset snapshot: not available here: {why}")
+    return dataclasses.replace(settings, reset="fork")
 
 
 def _configure_stress(config: pytest.Config, settings: options.Settings) -> None:
@@ -76,7 +94,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     else:
         timeout = f", timeout {s.timeout:g}s" if s.timeout else ""
         workers = f"{s.workers} worker{'s' if s.workers != 1 else ''}"
-        lines = [f"tach {tach.__version__}: {workers}, isolate={s.isolate}{timeout}"]
+        reset = f", reset={s.reset}" if s.isolate == "test" else ""
+        lines = [f"tach {tach.__version__}: {workers}, isolate={s.isolate}{reset}{timeout}"]
     if s.stress:
         lines.append(f"tach stress: {s.threads} threads x {s.iterations} iterations per test")
     build = "free-threaded build" if gil.free_threaded_build() else "build with the GIL"

@@ -72,6 +72,23 @@ class Context:
     serial_fixtures: frozenset[str] = frozenset()
     #: the supervisor's listening socket, inherited by the root zygote: closed there
     listen_fd: int = -1
+    #: --tach-reset snapshot: test processes are reused, restored after each test
+    reset: bool = False
+
+
+@dataclass
+class Reusable:
+    """A zygote's view of one of its reusable test processes (--tach-reset snapshot).
+
+    busy: running a test the supervisor gave it (the supervisor knows its pid);
+    restoring: told the supervisor it exited, and is restoring itself; idle: restored,
+    waiting for a test. ``job`` is a test offered to it and not yet taken.
+    """
+
+    pid: int
+    ctl: socket.socket
+    state: str = "busy"
+    job: dict[str, Any] | None = None
 
 
 class _ScopeEnd:
@@ -190,6 +207,10 @@ class Zygote:
         self.serial = False  # told the supervisor its children must run one at a time
         self.runners: set[int] = set()  # pids of live runner children
         self.deferred: list[dict[str, Any]] = []  # run commands held back while serial
+        self.reusable: dict[int, Reusable] = {}  # pid -> reusable test process
+        self.ctl_fds: dict[int, Reusable] = {}  # their control sockets, by fd
+        self.poller: Any = None
+        self.fds_changed = False
 
     # -- plumbing -----------------------------------------------------------------
     def send(self, msg: dict[str, Any]) -> None:
@@ -198,19 +219,17 @@ class Zygote:
     def serve(self) -> None:
         """Handle commands until told to exit (or the supervisor goes away)."""
         _freeze()
-        poller = select.poll()
-        poller.register(self.conn.fileno(), select.POLLIN)
-        registered: set[int] = set()
+        self.poller = select.poll()
+        self.poller.register(self.conn.fileno(), select.POLLIN)
+        for fd in self.children:
+            self.poller.register(fd, select.POLLIN)
         self.conn.settimeout(None)
         while True:
-            for fd in self.children:
-                if fd not in registered:
-                    poller.register(fd, select.POLLIN)
-                    registered.add(fd)
             try:
-                ready = poller.poll()
+                ready = self.poller.poll()
             except InterruptedError:
                 continue
+            self.fds_changed = False
             for fd, _ in ready:
                 if fd == self.conn.fileno():
                     msg = frames.recv(self.conn)
@@ -218,20 +237,47 @@ class Zygote:
                         os._exit(0)
                     self.command(msg)
                 elif fd in self.children:
-                    poller.unregister(fd)
-                    registered.discard(fd)
                     self.reap(fd)
+                elif fd in self.ctl_fds:
+                    self.on_ctl(self.ctl_fds[fd])
+                if self.fds_changed:
+                    break  # a later event may name an fd closed (or reused) since: poll again
+
+    def _watch(self, fd: int) -> None:
+        if self.poller is not None:
+            self.poller.register(fd, select.POLLIN)
+
+    def _unwatch(self, fd: int) -> None:
+        if self.poller is not None:
+            try:
+                self.poller.unregister(fd)
+            except KeyError:
+                pass
+        self.fds_changed = True
 
     def reap(self, pidfd: int) -> None:
         pid = self.children.pop(pidfd)
+        self._unwatch(pidfd)
         os.close(pidfd)
+        w = self.reusable.pop(pid, None)
+        if w is not None:
+            self.drain(w)  # what it said before dying ("took", "done") decides below
         self.runners.discard(pid)
         try:
             _, status, ru = os.wait4(pid, 0)
         except ChildProcessError:
             return
-        self.send({"t": "exited", "pid": pid, "status": status, "maxrss": ru.ru_maxrss,
-                   "utime": ru.ru_utime, "stime": ru.ru_stime})
+        if w is not None and w.state != "busy":
+            # The supervisor already heard this process exit, after its last test. A
+            # test offered to it and never taken goes to another process.
+            if w.job is not None:
+                self.offer(w.job)
+        else:
+            self.send({"t": "exited", "pid": pid, "status": status, "maxrss": ru.ru_maxrss,
+                       "utime": ru.ru_utime, "stime": ru.ru_stime})
+        self.after_runner()
+
+    def after_runner(self) -> None:
         if self.deferred and not self.runners:
             self.command(self.deferred.pop(0))
 
@@ -248,6 +294,10 @@ class Zygote:
         elif t == "spawn":
             self.spawn(int(msg["id"]), [int(i) for i in msg["tests"]], bool(msg["final"]))
         elif t == "exit":
+            # Idle reusable processes exit when their control socket closes; a busy one
+            # (its test is over, its "done" not yet read) exits instead of restoring.
+            for w in list(self.reusable.values()):
+                self.release(w)
             for fd in list(self.children):
                 self.reap(fd)
             if msg.get("teardown"):
@@ -268,15 +318,16 @@ class Zygote:
             traceback.print_exc()
 
     # -- fixtures -----------------------------------------------------------------
-    def setup_fixtures(self, tests: list[int]) -> None:
-        """Set up the fixtures of this zygote's own level that these tests need.
+    def setup_fixtures(self, tests: list[int]) -> bool:
+        """Set up the fixtures of this zygote's own level that these tests need; say
+        whether anything new was set up.
 
         A fixture that raises is cached by pytest with its exception; each test that
         needs it gets the same error at setup, as in a plain run. Output is captured as
         pytest would during the first test's setup and handed to the next runner.
         """
         if self.depth == 0:
-            return
+            return False
         capman = self.ctx.session.config.pluginmanager.getplugin("capturemanager")
         if capman is not None:
             capman.resume_global_capture()
@@ -317,6 +368,7 @@ class Zygote:
         if did_setup:
             _freeze()
             self.check_sockets()
+        return did_setup
 
     def make_serial(self, why: str) -> None:
         if not self.serial:
@@ -370,7 +422,17 @@ class Zygote:
             self.pending_out = self.pending_err = ""
 
     def run(self, runner: int, tests: list[int], final: bool, persistent: bool) -> None:
-        self.setup_fixtures(tests)
+        did_setup = self.setup_fixtures(tests)
+        if self.ctx.reset and not persistent:
+            if did_setup:  # processes forked before lack what was just set up
+                for w in list(self.reusable.values()):
+                    if w.state != "busy" and w.job is None:
+                        self.release(w)
+            job = {"t": "job", "runner": runner, "tests": tests, "final": final,
+                   "out": self.pending_out, "err": self.pending_err}
+            self.pending_out = self.pending_err = ""
+            self.offer(job)
+            return
         try:
             rconn = _connect(self.ctx.sock_path)
             frames.send(rconn, {"t": "hello", "role": "runner", "id": runner, "pid": os.getpid()})
@@ -393,6 +455,140 @@ class Zygote:
         rconn.close()
         if pid > 0:
             self.pending_out = self.pending_err = ""
+
+    # -- reusable test processes (--tach-reset snapshot) ----------------------------
+    def offer(self, job: dict[str, Any]) -> None:
+        """Give a test to an idle reusable process (or one restoring itself: it takes
+        the test once restored), else fork a new one."""
+        for wanted in ("idle", "restoring"):
+            for w in self.reusable.values():
+                if w.state == wanted and w.job is None:
+                    w.job = job
+                    try:
+                        frames.send(w.ctl, job)
+                    except OSError:
+                        continue  # it is exiting: reap() offers the test again
+                    return
+        self.fork_reusable(job)
+
+    def fork_reusable(self, job: dict[str, Any]) -> None:
+        runner = int(job["runner"])
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = self._fork_or_fail("runner", runner)
+        if pid == 0:
+            try:
+                mine.close()
+                self.enter_child(keep=theirs)
+                self.serve_reusable(theirs, job)
+            except BaseException:  # noqa: BLE001
+                _report_fatal(self.ctx, f"runner {runner}", runner)
+            os._exit(0)
+        theirs.close()
+        if pid < 0:
+            mine.close()
+            return
+        self.runners.add(pid)
+        w = Reusable(pid, mine)
+        self.reusable[pid] = w
+        self.ctl_fds[mine.fileno()] = w
+        self._watch(mine.fileno())
+
+    def release(self, w: Reusable) -> None:
+        """Close the control socket of a reusable process (it then exits, when idle)."""
+        fd = w.ctl.fileno()
+        if fd >= 0:
+            self.ctl_fds.pop(fd, None)
+            self._unwatch(fd)
+            w.ctl.close()
+        if w.state != "busy":
+            w.state = "released"
+
+    def drain(self, w: Reusable) -> None:
+        """Handle what a dead reusable process sent before it died."""
+        while w.ctl.fileno() >= 0:
+            try:
+                msg = frames.recv(w.ctl)
+            except (OSError, EOFError, ValueError):
+                msg = None
+            if msg is None:
+                self.release(w)
+                return
+            self.handle_ctl(w, msg)
+
+    def on_ctl(self, w: Reusable) -> None:
+        try:
+            msg = frames.recv(w.ctl)
+        except (OSError, EOFError, ValueError):
+            msg = None
+        if msg is None:  # it exited: reap() settles it
+            self.release(w)
+            return
+        self.handle_ctl(w, msg)
+
+    def handle_ctl(self, w: Reusable, msg: dict[str, Any]) -> None:
+        t = msg.get("t")
+        if t == "took":  # from now on the supervisor's runner msg["runner"] is this pid
+            w.job, w.state = None, "busy"
+            self.runners.add(w.pid)
+            self.send({"t": "forked", "kind": "runner", "id": int(msg["runner"]), "pid": w.pid})
+        elif t == "done":  # its test is over: to the supervisor, the process exited
+            w.state = "restoring"
+            self.runners.discard(w.pid)
+            self.send({"t": "exited", "pid": w.pid, "status": 0, "maxrss": int(msg["maxrss"]),
+                       "utime": float(msg["utime"]), "stime": float(msg["stime"])})
+            self.after_runner()
+        elif t == "ready" and w.state == "restoring":
+            w.state = "idle"
+        elif t == "noreset":  # this kernel or process cannot: fork per test from now on
+            self.ctx.reset = False
+
+    def serve_reusable(self, ctl: socket.socket, job: dict[str, Any]) -> None:
+        """The loop of a reusable test process: run a test, tell the zygote, restore
+        this process to the moment of the snapshot below, wait for the next test.
+
+        Everything between the snapshot and a restore (the test, pytest's state, fds
+        opened, mappings made) is undone by the restore, as if this process had just
+        been forked. When it cannot be (the test left a thread or a child process
+        running, closed an fd it did not open, ...), the process exits instead and the
+        zygote forks a fresh one for the next test.
+        """
+        import resource
+
+        from tach import _reset
+
+        ctl.settimeout(None)
+        try:
+            restores = _reset.snapshot()
+        except (_reset.ResetUnavailable, OSError) as e:
+            frames.send(ctl, {"t": "noreset", "why": str(e)})
+            restores = -1
+        if restores > 0:
+            try:
+                frames.send(ctl, {"t": "ready"})
+                job = frames.recv(ctl)
+                if job is None:
+                    os._exit(0)  # released by the zygote
+                frames.send(ctl, {"t": "took", "runner": job["runner"]})
+            except OSError:
+                os._exit(0)  # the zygote is gone
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        runner, tests = int(job["runner"]), [int(i) for i in job["tests"]]
+        rconn = _connect(self.ctx.sock_path)
+        frames.send(rconn, {"t": "hello", "role": "runner", "id": runner, "pid": os.getpid()})
+        r = Runner(self.ctx, rconn, runner, list(self.ctx.session._setupstate.stack), self.teardown_base,
+                   self.parametrized_fixtures(tests[0]), (job["out"], job["err"]))
+        r.serve(tests, bool(job["final"]), False)
+        if restores < 0 or job["final"] or r.stopping:
+            os._exit(0)
+        rconn.close()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        try:
+            frames.send(ctl, {"t": "done", "maxrss": ru1.ru_maxrss, "utime": ru1.ru_utime - ru0.ru_utime,
+                              "stime": ru1.ru_stime - ru0.ru_stime})
+            _reset.restore()  # does not return: snapshot() above returns again
+        except (OSError, _reset.ResetUnavailable):
+            pass  # the zygote is done with this process, or it cannot be restored
+        os._exit(0)
 
     def parametrized_fixtures(self, index: int) -> set[int]:
         """ids of the fixture definitions this zygote set up for one parameter value.
@@ -426,7 +622,9 @@ class Zygote:
         return pid
 
     def track(self, pid: int) -> None:
-        self.children[os.pidfd_open(pid)] = pid
+        fd = os.pidfd_open(pid)
+        self.children[fd] = pid
+        self._watch(fd)
 
     def enter_child(self, keep: socket.socket | None = None) -> socket.socket:
         """Common setup right after fork in a child of this zygote."""
@@ -434,6 +632,11 @@ class Zygote:
         for fd in self.children:
             os.close(fd)
         self.children.clear()
+        for w in self.reusable.values():
+            w.ctl.close()
+        self.reusable.clear()
+        self.ctl_fds.clear()
+        self.poller = None
         self.conn.close()
         _restart_capture(self.ctx.session.config)
         if keep is not None:

@@ -1,0 +1,150 @@
+"""--tach-reset snapshot: a test process is reused, restored to the moment it was
+forked after each test. What a test changes must not reach the next one, and what
+cannot be restored must make tach fork a fresh process instead."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tach import _reset
+
+pytestmark = pytest.mark.skipif(_reset.probe() is not None, reason=f"snapshot/restore: {_reset.probe()}")
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "--tach-reset", "snapshot",
+                                         "--tach-workers", "1", *args)
+
+
+MUTATE = """
+    import ctypes, json, mmap, os, signal, sys, pytest
+
+    STATE = []
+
+    def probe():
+        return {
+            "pid": os.getpid(),
+            "state": list(STATE),
+            "env": os.environ.get("TACH_RESET_PROBE"),
+            "cwd": os.getcwd(),
+            "sigusr1": signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL,
+            "fds": sorted(int(f) for f in os.listdir("/proc/self/fd")),
+            "imported": "wave" in sys.modules,
+            "umask": os.umask(0o22),
+        }
+
+    @pytest.fixture(scope="module")
+    def shared():
+        return {"hits": 0}
+
+    @pytest.mark.parametrize("i", range(8))
+    def test_mutate(i, shared, tmp_path):
+        seen = probe()
+        seen["shared"] = shared["hits"]
+        with open(os.path.join(os.path.dirname(__file__), "seen.jsonl"), "a") as f:
+            f.write(json.dumps(seen) + "\\n")
+        # change everything a restore must undo
+        STATE.append(i)
+        shared["hits"] += 1
+        os.environ["TACH_RESET_PROBE"] = str(i)
+        os.chdir(tmp_path)
+        signal.signal(signal.SIGUSR1, lambda *a: None)
+        os.open(__file__, os.O_RDONLY)
+        import wave  # a module not imported before
+        blob = bytearray(8 << 20)  # a mapping of its own (malloc's mmap threshold)
+        m = mmap.mmap(-1, 1 << 20)
+        garbage = [object() for _ in range(100000)]  # new obmalloc arenas, then freed
+        del garbage
+        os.umask(0o077)
+"""
+
+
+def test_each_test_sees_the_process_as_forked(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_mutate=MUTATE)
+    r = run(pytester)
+    r.assert_outcomes(passed=8)
+    seen = [json.loads(line) for line in (pytester.path / "seen.jsonl").read_text().splitlines()]
+    assert len(seen) == 8
+    first = seen[0]
+    assert len({s["pid"] for s in seen}) < 8, "no process was reused: the test proves nothing"
+    for s in seen:
+        assert s["state"] == [] and s["shared"] == 0 and s["env"] is None
+        assert s["cwd"] == first["cwd"] and s["sigusr1"] and not s["imported"]
+        assert s["fds"] == first["fds"], "an fd opened by an earlier test is still open"
+        assert s["umask"] == first["umask"]
+
+
+def test_what_cannot_be_restored_gets_a_fresh_process(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import os, subprocess, sys, threading, time
+
+        STATE = []
+
+        def test_thread_left_running():
+            STATE.append(1)
+            threading.Thread(target=time.sleep, args=(2,), daemon=True).start()
+
+        def test_after_thread():
+            assert STATE == [] and threading.active_count() == 1
+
+        def test_child_left_running():
+            STATE.append(2)
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+
+        def test_after_child():
+            assert STATE == []
+
+        def test_closes_stdout():
+            STATE.append(3)
+            os.close(1)
+
+        def test_after_stdout():
+            assert STATE == []
+            os.fstat(1)
+    """)
+    r = run(pytester)
+    r.assert_outcomes(passed=6)
+
+
+def test_crash_and_timeout_in_a_reused_process(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import ctypes, time, pytest
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_before(i):
+            pass
+
+        def test_segfault():
+            ctypes.string_at(0)
+
+        @pytest.mark.timeout(1)
+        def test_hang():
+            time.sleep(30)
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_after(i):
+            pass
+    """)
+    r = run(pytester, "-rf")
+    r.assert_outcomes(passed=6, failed=2)
+    r.stdout.fnmatch_lines([
+        "*crashed while running 'test_crash_and_timeout_in_a_reused_process.py::test_segfault'*",
+        "*Timeout (>1*s)*test_hang*",
+    ])
+
+
+def test_bad_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_a(): pass")
+    r = pytester.runpytest_subprocess("-p", "tach", "--tach-reset", "banana")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*--tach-reset: expected one of auto, snapshot, fork, got 'banana'*"])
+
+
+def test_header_says_how_tests_are_reset(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_a(): pass")
+    r = run(pytester)
+    r.stdout.fnmatch_lines(["tach *: 1 worker, isolate=test, reset=snapshot*"])
+    r = pytester.runpytest_subprocess("-p", "tach", "--tach-reset", "fork")
+    r.stdout.fnmatch_lines(["tach *isolate=test, reset=fork*"])
