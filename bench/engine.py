@@ -86,6 +86,7 @@ TOOLS = {
     "xdist -n 2": ["-n", "2"],
     "forked": ["--forked"],
     "tach test": ["-p", "tach", "--tach-workers", "2", "--tach-isolate", "test"],
+    "tach test (fork)": ["-p", "tach", "--tach-workers", "2", "--tach-isolate", "test", "--tach-reset", "fork"],
     "tach module": ["-p", "tach", "--tach-workers", "2", "--tach-isolate", "module"],
     "tach none": ["-p", "tach", "--tach-workers", "2", "--tach-isolate", "none"],
 }
