@@ -51,18 +51,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
-#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
-#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -167,11 +164,11 @@ struct meta {
     struct tach_page_region vec[VEC_LEN];
     char maps[MAPS_BUF];
     char dirbuf[1 << 16];
-    struct fdinfo now[MAX_FDS];
+    struct fdinfo now[MAX_FDS]; /* fds open when plan() ran: restore closes the new ones */
+    int nnow;
 
     /* counters for stats() */
     long pages, ranges, recreated, unmapped, closed;
-    char fatal[256];
 };
 
 static struct meta *M;
@@ -316,7 +313,8 @@ struct tach_procmap_query {
 
 /* The layout without names, one ioctl per mapping (Linux 6.11+): ~10x cheaper than
  * formatting /proc/self/maps, whose path names dominate. Returns -ENOTTY on kernels
- * without it. Flags: R_SHARED, R_ANON (no file, not shared) and R_OWN only. */
+ * without it. Of the flags only R_SHARED is set: at restores that is all the
+ * comparison with the snapshot's layout needs (same_identity). */
 static int query_maps(struct region *out, int max)
 {
     int count = 0;
@@ -485,11 +483,11 @@ static int add_present(uintptr_t start, uintptr_t end)
 /* Record the pages present now in the tracked mappings (all of a file-backed one: its
  * unpopulated pages are the file's, not zeros), make room for their golden copy and
  * write-protect them. copy_golden() fills the copy, at the last moment. */
-static int find_present(void)
+static int find_present(const struct region *regions, int n)
 {
     M->npresent = 0;
-    for (int i = 0; i < M->nregions; i++) {
-        struct region *r = &M->regions[i];
+    for (int i = 0; i < n; i++) {
+        const struct region *r = &regions[i];
         if (!(r->flags & R_TRACKED))
             continue;
         if (r->inode != 0) {
@@ -610,8 +608,10 @@ static PyObject *reset_snapshot(PyObject *self, PyObject *args)
         return unavailable("opening /proc/self/pagemap, /proc/self/fd or the cwd: %s", strerror(e));
     }
 
-    /* Register every private writable mapping; then read the layout that results
-     * (registration can merge neighbours) as the one to compare against. */
+    /* Register every private writable mapping, protect the pages present in it and
+     * make room for their golden copy; then read the layout that results (registration
+     * can merge neighbours, the golden copy is a mapping of its own) as the one to
+     * compare against at restores. */
     int n = read_maps(M->cur, MAX_REGIONS);
     if (n < 0) {
         free_meta();
@@ -627,6 +627,11 @@ static PyObject *reset_snapshot(PyObject *self, PyObject *args)
             return unavailable("registering %lx-%lx: %s", (unsigned long)r->start, (unsigned long)r->end,
                                strerror(e));
         }
+    }
+    if (find_present(M->cur, n) < 0) {
+        int e = errno;
+        free_meta();
+        return unavailable("copying and write-protecting the populated pages: %s", strerror(e));
     }
     n = read_maps(M->regions, MAX_REGIONS);
     if (n < 0) {
@@ -649,19 +654,6 @@ static PyObject *reset_snapshot(PyObject *self, PyObject *args)
             M->hi = M->regions[i].end;
     }
 
-    if (find_present() < 0) {
-        int e = errno;
-        free_meta();
-        return unavailable("copying and write-protecting the populated pages: %s", strerror(e));
-    }
-    /* The layout to compare against at restores: now with the golden copy in it. */
-    n = read_maps(M->regions, MAX_REGIONS);
-    if (n < 0) {
-        free_meta();
-        return unavailable("reading /proc/self/maps: %s", strerror(-n));
-    }
-    M->nregions = n;
-
     int err = list_fds(M->fds, MAX_FDS, &M->nfds);
     if (err < 0) {
         free_meta();
@@ -679,20 +671,13 @@ static PyObject *reset_snapshot(PyObject *self, PyObject *args)
     M->pgid = getpgid(0);
     M->sid = getsid(0);
 
-    int r = do_snapshot();
-    if (r < 0) {
-        int e = errno;
-        free_meta();
-        errno = e;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return PyLong_FromLong(r ? M->restores : 0);
+    return PyLong_FromLong(do_snapshot() ? M->restores : 0);
 }
 
 /* ------------------------------------------------------------------ restore */
 
 /* Decide whether and how the process can be restored; fills M's plan. Returns NULL when
- * it can, else a reason (a static or M->fatal string). Changes nothing. */
+ * it can, else a reason (a static string). Changes nothing. */
 static const char *plan(void)
 {
     static char why[256];
@@ -739,12 +724,11 @@ static const char *plan(void)
         return "the test changed the process group or session";
 
     struct fdinfo *now = M->now;
-    int nnow, err = list_fds(now, MAX_FDS, &nnow);
-    if (err < 0)
+    if (list_fds(now, MAX_FDS, &M->nnow) < 0)
         return "listing /proc/self/fd failed";
     for (int i = 0; i < M->nfds; i++) {
         int found = 0;
-        for (int j = 0; j < nnow; j++)
+        for (int j = 0; j < M->nnow; j++)
             if (now[j].fd == M->fds[i].fd) {
                 found = now[j].dev == M->fds[i].dev && now[j].ino == M->fds[i].ino;
                 break;
@@ -927,13 +911,9 @@ static void __attribute__((noreturn)) restore_on_alt_stack(void)
             fatal("mmap", errno);
         M->recreated++;
     }
-    struct fdinfo *now = M->now;
-    int nnow;
-    if (list_fds(now, MAX_FDS, &nnow) < 0)
-        fatal("listing /proc/self/fd", errno);
-    for (int k = 0; k < nnow; k++)
-        if (snap_fd(now[k].fd) < 0) {
-            close(now[k].fd);
+    for (int k = 0; k < M->nnow; k++) /* listed by plan(); nothing opened an fd since */
+        if (snap_fd(M->now[k].fd) < 0) {
+            close(M->now[k].fd);
             M->closed++;
         }
     for (int s = 1; s < NSIG_MAX; s++)

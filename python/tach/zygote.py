@@ -82,7 +82,8 @@ class Reusable:
 
     busy: running a test the supervisor gave it (the supervisor knows its pid);
     restoring: told the supervisor it exited, and is restoring itself; idle: restored,
-    waiting for a test. ``job`` is a test offered to it and not yet taken.
+    waiting for a test; released: its control socket is closed, it is exiting.
+    ``job`` is a test offered to it and not yet taken.
     """
 
     pid: int
@@ -434,8 +435,7 @@ class Zygote:
             self.offer(job)
             return
         try:
-            rconn = _connect(self.ctx.sock_path)
-            frames.send(rconn, {"t": "hello", "role": "runner", "id": runner, "pid": os.getpid()})
+            rconn = self.connect_runner(runner)
         except OSError as e:
             self.send({"t": "fail", "runner": runner, "message": f"connecting to the supervisor: {e}"})
             return
@@ -504,16 +504,10 @@ class Zygote:
             w.state = "released"
 
     def drain(self, w: Reusable) -> None:
-        """Handle what a dead reusable process sent before it died."""
+        """Handle what a dead reusable process sent before it died (on_ctl releases
+        it at the end of the stream)."""
         while w.ctl.fileno() >= 0:
-            try:
-                msg = frames.recv(w.ctl)
-            except (OSError, EOFError, ValueError):
-                msg = None
-            if msg is None:
-                self.release(w)
-                return
-            self.handle_ctl(w, msg)
+            self.on_ctl(w)
 
     def on_ctl(self, w: Reusable) -> None:
         try:
@@ -573,8 +567,7 @@ class Zygote:
                 os._exit(0)  # the zygote is gone
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         runner, tests = int(job["runner"]), [int(i) for i in job["tests"]]
-        rconn = _connect(self.ctx.sock_path)
-        frames.send(rconn, {"t": "hello", "role": "runner", "id": runner, "pid": os.getpid()})
+        rconn = self.connect_runner(runner)
         r = Runner(self.ctx, rconn, runner, list(self.ctx.session._setupstate.stack), self.teardown_base,
                    self.parametrized_fixtures(tests[0]), (job["out"], job["err"]))
         r.serve(tests, bool(job["final"]), False)
@@ -589,6 +582,12 @@ class Zygote:
         except (OSError, _reset.ResetUnavailable):
             pass  # the zygote is done with this process, or it cannot be restored
         os._exit(0)
+
+    def connect_runner(self, runner: int) -> socket.socket:
+        """The supervisor connection of runner `runner`, introduced."""
+        rconn = _connect(self.ctx.sock_path)
+        frames.send(rconn, {"t": "hello", "role": "runner", "id": runner, "pid": os.getpid()})
+        return rconn
 
     def parametrized_fixtures(self, index: int) -> set[int]:
         """ids of the fixture definitions this zygote set up for one parameter value.
