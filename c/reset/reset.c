@@ -23,8 +23,14 @@
  *               restores so far. It does not return.
  *
  * The memory this code itself uses while restoring (its tables, buffers, stack and the
- * golden copy) is in shared anonymous mappings: never tracked, never restored, never
- * merged with the heap.
+ * golden copy) is never tracked and never restored. Tables and stack are small shared
+ * anonymous mappings. The golden copy is private, MADV_DONTFORK (a test that forks
+ * does not copy it) and populated in one call before the copy: as shared memory its
+ * page-by-page shmem faults made a snapshot of a 24 MB pytest process take ~18 ms,
+ * now ~11 ms (100 MB: ~100 ms, now ~65 ms). It cannot merge with a neighbour: those
+ * that share its flags are registered with the userfaultfd first, and DONTFORK sets
+ * it apart from the rest. Transparent huge pages halved the time again but stalled
+ * some snapshots for 300 ms in compaction; not used.
  *
  * Why a copy in this process rather than a forked child holding a copy-on-write image
  * (the first version): process_vm_readv pins each of the child's pages before copying
@@ -516,12 +522,15 @@ static int find_present(const struct region *regions, int n)
         M->present[k].off = total;
         total += M->present[k].end - M->present[k].start;
     }
-    void *g = mmap(NULL, total ? total : 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1,
-                   0);
+    size_t len = total ? total : 4096;
+    void *g = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (g == MAP_FAILED)
         return -1;
     M->golden = g;
-    M->golden_len = total ? total : 4096;
+    M->golden_len = len;
+    if (madvise(g, len, MADV_DONTFORK) < 0)
+        return -1;
+    (void)madvise(g, len, MADV_POPULATE_WRITE); /* a speed-up only: the copy faults pages in otherwise */
     for (int k = 0; k < M->npresent; k++)
         if (protect(M->present[k].start, M->present[k].end) < 0)
             return -1;
