@@ -135,6 +135,88 @@ def test_crash_and_timeout_in_a_reused_process(pytester: pytest.Pytester) -> Non
     ])
 
 
+def test_only_zygotes_with_enough_tests_reuse_processes(pytester: pytest.Pytester) -> None:
+    # A snapshot costs about as much as forking a few test processes: a module zygote
+    # with two tests forks each; one with eight snapshots and reuses.
+    body = """
+        import json, os, pytest
+        from tach import _reset
+
+        @pytest.fixture(scope="module")
+        def mod():
+            return 1
+
+        @pytest.mark.parametrize("i", range({n}))
+        def test_it(i, mod):
+            with open(os.path.join(os.path.dirname(__file__), "{name}.jsonl"), "a") as f:
+                f.write(json.dumps(dict(pid=os.getpid(), snapshot=_reset.stats() is not None)) + "\\n")
+    """
+    pytester.makepyfile(test_short=body.format(n=2, name="short"), test_long=body.format(n=8, name="long"))
+    r = run(pytester)
+    r.assert_outcomes(passed=10)
+
+    def seen(name: str) -> list[dict[str, object]]:
+        return [json.loads(line) for line in (pytester.path / f"{name}.jsonl").read_text().splitlines()]
+
+    short, long = seen("short"), seen("long")
+    assert [s["snapshot"] for s in short] == [False, False]
+    assert len({s["pid"] for s in short}) == 2
+    assert all(s["snapshot"] for s in long)
+    assert len({s["pid"] for s in long}) < 8
+
+
+def test_a_zygote_is_not_serial_because_of_its_own_sockets(pytester: pytest.Pytester) -> None:
+    # The session zygote sets up a session fixture while processes it made reusable
+    # (and its control sockets to them) exist: those sockets are its own, not state its
+    # children share, so it must not run its tests one at a time.
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def late():
+            return 1
+
+        @pytest.mark.parametrize("i", range(8))
+        def test_first(i):
+            pass
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_then(i, late):
+            assert late == 1
+    """)
+    r = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "--tach-reset", "snapshot",
+                                      "--tach-workers", "2", "-v", timeout=120)
+    r.assert_outcomes(passed=12)
+    assert "one at a time" not in r.stdout.str()
+
+
+def test_serial_zygote_with_reused_processes_does_not_hang(pytester: pytest.Pytester) -> None:
+    # A serial zygote (it holds a connected socket) starts its next test when the last
+    # one's process says it is done; handling that reads other processes' messages,
+    # which a first version then waited for a second time, forever.
+    pytester.makepyfile("""
+        import socket, pytest
+
+        @pytest.fixture(scope="session")
+        def conn():
+            a, b = socket.socketpair()
+            yield a
+            a.close(); b.close()
+
+        @pytest.mark.parametrize("i", range(30))
+        def test_uses_conn(i, conn):
+            assert conn.fileno() >= 0
+
+        @pytest.mark.parametrize("i", range(30))
+        def test_plain(i):
+            pass
+    """)
+    r = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "--tach-reset", "snapshot",
+                                      "--tach-workers", "2", "-v", timeout=120)
+    r.assert_outcomes(passed=60)
+    r.stdout.fnmatch_lines(["*runs its tests one at a time: it holds a connected socket*"])
+
+
 def test_bad_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_a(): pass")
     r = pytester.runpytest_subprocess("-p", "tach", "--tach-reset", "banana")

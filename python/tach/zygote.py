@@ -35,7 +35,7 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from _pytest.outcomes import TEST_OUTCOME, Exit
@@ -76,14 +76,25 @@ class Context:
     reset: bool = False
 
 
+#: A zygote makes a new test process reusable only when it can expect to run at least
+#: this many tests in it: a snapshot costs about as much as forking 2-3 test processes
+#: (~11 ms for a 24 MB pytest process, copying and write-protecting its memory), so on
+#: a module with a handful of tests forking each one is cheaper. Measured on cachetools'
+#: suite (220 tests under 56 class and module zygotes): snapshotting every process made
+#: the run 1.4x slower than forking each test.
+REUSE_MIN_TESTS = 4
+
+
 @dataclass
 class Reusable:
     """A zygote's view of one of its reusable test processes (--tach-reset snapshot).
 
     busy: running a test the supervisor gave it (the supervisor knows its pid);
-    restoring: told the supervisor it exited, and is restoring itself; idle: restored,
-    waiting for a test; released: its control socket is closed, it is exiting.
-    ``job`` is a test offered to it and not yet taken.
+    finishing: its test is over, it is about to tell the supervisor so and then
+    restore itself; restoring: the supervisor was told it exited, it is restoring
+    itself; idle: restored, waiting for a test; released: its control socket is closed,
+    it is exiting. ``job`` is a test offered to it and not yet taken (it reads it once
+    restored).
     """
 
     pid: int
@@ -208,6 +219,8 @@ class Zygote:
         self.serial = False  # told the supervisor its children must run one at a time
         self.runners: set[int] = set()  # pids of live runner children
         self.deferred: list[dict[str, Any]] = []  # run commands held back while serial
+        #: tests this zygote has yet to run in processes of its own (not its children's)
+        self.direct_left = 0
         self.reusable: dict[int, Reusable] = {}  # pid -> reusable test process
         self.ctl_fds: dict[int, Reusable] = {}  # their control sockets, by fd
         self.poller: Any = None
@@ -268,14 +281,12 @@ class Zygote:
             _, status, ru = os.wait4(pid, 0)
         except ChildProcessError:
             return
-        if w is not None and w.state != "busy":
-            # The supervisor already heard this process exit, after its last test. A
-            # test offered to it and never taken goes to another process.
-            if w.job is not None:
-                self.offer(w.job)
-        else:
+        if w is None or w.state in ("busy", "finishing"):
             self.send({"t": "exited", "pid": pid, "status": status, "maxrss": ru.ru_maxrss,
                        "utime": ru.ru_utime, "stime": ru.ru_stime})
+        # (else the supervisor already heard this process exit, after its last test)
+        if w is not None and w.job is not None:  # offered to it, never taken
+            self.offer(w.job, self.direct_left + len(w.job["tests"]))
         self.after_runner()
 
     def after_runner(self) -> None:
@@ -382,7 +393,8 @@ class Zygote:
         conversation. Such a zygote runs its subtree one process at a time."""
         if self.serial:
             return
-        found = connected_sockets(exclude={self.conn.fileno()})
+        # Its own sockets (to the supervisor, to its reusable processes) are not shared.
+        found = connected_sockets(exclude={self.conn.fileno(), *self.ctl_fds})
         if found:
             self.make_serial(f"it holds a connected socket ({found[0]}) its children would share")
 
@@ -412,6 +424,7 @@ class Zygote:
                 z.fork_base = stack
                 z.serial = self.serial  # what made this zygote serial is inherited
                 z.pending_out, z.pending_err = self.pending_out, self.pending_err
+                z.direct_left = sum(1 for i in tests if len(self.ctx.levels[i]) == z.depth)
                 frames.send(conn, {"t": "hello", "role": "zygote", "id": child, "pid": os.getpid()})
                 z.push_level(tests)
                 z.send({"t": "ready", "id": child})
@@ -423,17 +436,25 @@ class Zygote:
             self.pending_out = self.pending_err = ""
 
     def run(self, runner: int, tests: list[int], final: bool, persistent: bool) -> None:
+        self.poll_ctl()  # a process that freed the slot for this test may take it
         did_setup = self.setup_fixtures(tests)
-        if self.ctx.reset and not persistent:
-            if did_setup:  # processes forked before lack what was just set up
-                for w in list(self.reusable.values()):
-                    if w.state != "busy" and w.job is None:
-                        self.release(w)
-            job = {"t": "job", "runner": runner, "tests": tests, "final": final,
-                   "out": self.pending_out, "err": self.pending_err}
-            self.pending_out = self.pending_err = ""
-            self.offer(job)
+        left = self.direct_left  # tests still to run here, these included
+        self.direct_left -= len(tests)
+        job = {"t": "job", "runner": runner, "tests": tests, "final": final, "persistent": persistent,
+               "out": self.pending_out, "err": self.pending_err}
+        self.pending_out = self.pending_err = ""
+        if not self.ctx.reset or persistent:
+            self.fork_runner(job)
             return
+        if did_setup:  # processes forked before lack what was just set up
+            self.release_idle()
+        self.offer(job, left)
+        if self.direct_left <= 0:
+            self.release_idle()  # no test left for them
+
+    def fork_runner(self, job: dict[str, Any]) -> None:
+        """Fork a test process for one batch; it exits after it."""
+        runner, tests = int(job["runner"]), job["tests"]
         try:
             rconn = self.connect_runner(runner)
         except OSError as e:
@@ -443,24 +464,26 @@ class Zygote:
         pid = self._fork_or_fail("runner", runner, rconn)
         if pid > 0:
             self.runners.add(pid)
+        elif pid < 0:  # the next test's process shows the setup output instead
+            self.pending_out, self.pending_err = job["out"] + self.pending_out, job["err"] + self.pending_err
         if pid == 0:
             try:
                 self.enter_child(keep=rconn)
                 r = Runner(self.ctx, rconn, runner, stack, self.teardown_base,
-                           self.parametrized_fixtures(tests[0]), (self.pending_out, self.pending_err))
-                r.serve(tests, final, persistent)
+                           self.parametrized_fixtures(tests[0]), (job["out"], job["err"]))
+                r.serve(tests, bool(job["final"]), bool(job["persistent"]))
             except BaseException:  # noqa: BLE001
                 _report_fatal(self.ctx, f"runner {runner}", runner)
             os._exit(0)
         rconn.close()
-        if pid > 0:
-            self.pending_out = self.pending_err = ""
 
     # -- reusable test processes (--tach-reset snapshot) ----------------------------
-    def offer(self, job: dict[str, Any]) -> None:
+    def offer(self, job: dict[str, Any], left: int) -> None:
         """Give a test to an idle reusable process (or one restoring itself: it takes
-        the test once restored), else fork a new one."""
-        for wanted in ("idle", "restoring"):
+        the test once restored); else fork a new reusable process when the `left` tests
+        this zygote still has, shared with the ones it has, pay for its snapshot; else
+        fork a process for this test alone."""
+        for wanted in ("idle", "restoring", "finishing"):
             for w in self.reusable.values():
                 if w.state == wanted and w.job is None:
                     w.job = job
@@ -469,7 +492,27 @@ class Zygote:
                     except OSError:
                         continue  # it is exiting: reap() offers the test again
                     return
-        self.fork_reusable(job)
+        alive = sum(1 for w in self.reusable.values() if w.state != "released")
+        if left >= REUSE_MIN_TESTS * (alive + 1):
+            self.fork_reusable(job)
+        else:
+            self.fork_runner(job)
+
+    def poll_ctl(self) -> None:
+        """Handle what reusable processes have sent and this zygote has not read yet.
+
+        A process says "finishing" before it tells the supervisor its test is done, so
+        when the supervisor's next "run" arrives because of that, the message is already
+        here: reading it first lets the process take the test instead of a new fork.
+        """
+        for w in list(self.ctl_fds.values()):
+            while self.on_ctl(w):
+                pass
+
+    def release_idle(self) -> None:
+        for w in list(self.reusable.values()):
+            if w.state != "busy" and w.job is None:
+                self.release(w)
 
     def fork_reusable(self, job: dict[str, Any]) -> None:
         runner = int(job["runner"])
@@ -500,24 +543,32 @@ class Zygote:
             self.ctl_fds.pop(fd, None)
             self._unwatch(fd)
             w.ctl.close()
-        if w.state != "busy":
+        if w.state not in ("busy", "finishing"):
             w.state = "released"
 
     def drain(self, w: Reusable) -> None:
-        """Handle what a dead reusable process sent before it died (on_ctl releases
-        it at the end of the stream)."""
-        while w.ctl.fileno() >= 0:
-            self.on_ctl(w)
+        """Handle what a dead reusable process sent before it died."""
+        while self.on_ctl(w):
+            pass
+        self.release(w)  # (a child its test forked may hold the other end open)
 
-    def on_ctl(self, w: Reusable) -> None:
+    def on_ctl(self, w: Reusable) -> bool:
+        """Handle one message from a reusable process, if one is there: never block.
+        Handling a message can run a command that reads other control sockets, so one
+        that poll() reported readable a moment ago may have nothing left. Messages are
+        small single writes: when a byte is there, the whole message is."""
+        fd = w.ctl.fileno()
+        if fd < 0 or not _readable(fd):
+            return False
         try:
             msg = frames.recv(w.ctl)
         except (OSError, EOFError, ValueError):
             msg = None
         if msg is None:  # it exited: reap() settles it
             self.release(w)
-            return
+            return False
         self.handle_ctl(w, msg)
+        return True
 
     def handle_ctl(self, w: Reusable, msg: dict[str, Any]) -> None:
         t = msg.get("t")
@@ -525,6 +576,8 @@ class Zygote:
             w.job, w.state = None, "busy"
             self.runners.add(w.pid)
             self.send({"t": "forked", "kind": "runner", "id": int(msg["runner"]), "pid": w.pid})
+        elif t == "finishing" and w.state == "busy":
+            w.state = "finishing"
         elif t == "done":  # its test is over: to the supervisor, the process exited
             w.state = "restoring"
             self.runners.discard(w.pid)
@@ -570,6 +623,16 @@ class Zygote:
         rconn = self.connect_runner(runner)
         r = Runner(self.ctx, rconn, runner, list(self.ctx.session._setupstate.stack), self.teardown_base,
                    self.parametrized_fixtures(tests[0]), (job["out"], job["err"]))
+        if restores >= 0 and not job["final"]:
+            # Before the supervisor hears the test is done and gives its slot to the
+            # next test: this process can take that test once it is restored.
+            def finishing() -> None:
+                try:
+                    frames.send(ctl, {"t": "finishing"})
+                except OSError:
+                    pass  # the zygote let go of this process: "done" below finds out
+
+            r.before_last_done = finishing
         r.serve(tests, bool(job["final"]), False)
         if restores < 0 or job["final"] or r.stopping:
             os._exit(0)
@@ -643,6 +706,13 @@ class Zygote:
         return _connect(self.ctx.sock_path)
 
 
+def _readable(fd: int) -> bool:
+    """Whether reading fd now would not block (data, end of stream or an error)."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
+
+
 def connected_sockets(exclude: set[int]) -> list[str]:
     """This process's connected sockets (fds not in exclude), described."""
     found = []
@@ -711,6 +781,8 @@ class Runner:
         self.teardown_base = teardown_base  # what a final batch leaves standing
         self.param_fixtures = param_fixtures
         self.pending = pending
+        #: called right before the last test of a batch is reported done
+        self.before_last_done: Callable[[], None] | None = None
 
     def serve(self, tests: list[int], final: bool, persistent: bool) -> None:
         # Zygotes ignore SIGINT (see start_root); a test gets Python's usual handler.
@@ -821,6 +893,8 @@ class Runner:
             except BaseException:  # noqa: BLE001 - internal errors
                 os.write(self.fault, traceback.format_exc().encode())
                 raise
+            if k + 1 == len(tests) and self.before_last_done is not None:
+                self.before_last_done()
             fw.send({"t": "done", "test": index, "cpu": time.process_time() - cpu,
                      "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
                     flush=k + 1 == len(tests))
