@@ -76,6 +76,33 @@ def test_each_test_sees_the_process_as_forked(pytester: pytest.Pytester) -> None
         assert s["umask"] == first["umask"]
 
 
+def test_pages_left_unprotected_are_still_put_back(pytester: pytest.Pytester) -> None:
+    # After a restore, the pages it put back mostly stay unprotected (they are put
+    # back every time), and every 64 restores (or after a big write) all are protected
+    # again. Whatever the state, each test must find memory as the zygote had it: a
+    # different page of a buffer the zygote allocated is dirtied by each test, then one
+    # test writes all of it.
+    pytester.makepyfile("""
+        import os, pytest
+
+        BUF = bytearray(b"z" * (8 << 20))  # in the zygote: the snapshot's golden state
+
+        @pytest.mark.parametrize("i", range(150))
+        def test_page(i):
+            assert BUF.count(b"z") == len(BUF), "an earlier test's write survived"
+            if i == 100:
+                BUF[:] = b"y" * len(BUF)
+            else:
+                BUF[(i * 4096 * 7) % len(BUF)] = 0
+            with open(os.path.join(os.path.dirname(__file__), "pids.txt"), "a") as f:
+                f.write(f"{os.getpid()}\\n")
+    """)
+    r = run(pytester)
+    r.assert_outcomes(passed=150)
+    pids = (pytester.path / "pids.txt").read_text().split()
+    assert len(pids) == 150 and len(set(pids)) < 10, "processes were not reused: the test proves nothing"
+
+
 def test_what_cannot_be_restored_gets_a_fresh_process(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""
         import os, subprocess, sys, threading, time
