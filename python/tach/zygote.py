@@ -225,6 +225,7 @@ class Zygote:
         self.ctl_fds: dict[int, Reusable] = {}  # their control sockets, by fd
         self.poller: Any = None
         self.fds_changed = False
+        self.exiting = False  # told to exit: a test offered and not taken stays so
 
     # -- plumbing -----------------------------------------------------------------
     def send(self, msg: dict[str, Any]) -> None:
@@ -285,7 +286,7 @@ class Zygote:
             self.send({"t": "exited", "pid": pid, "status": status, "maxrss": ru.ru_maxrss,
                        "utime": ru.ru_utime, "stime": ru.ru_stime})
         # (else the supervisor already heard this process exit, after its last test)
-        if w is not None and w.job is not None:  # offered to it, never taken
+        if w is not None and w.job is not None and not self.exiting:  # offered to it, never taken
             self.offer(w.job, self.direct_left + len(w.job["tests"]))
         self.after_runner()
 
@@ -308,6 +309,7 @@ class Zygote:
         elif t == "exit":
             # Idle reusable processes exit when their control socket closes; a busy one
             # (its test is over, its "done" not yet read) exits instead of restoring.
+            self.exiting = True
             for w in list(self.reusable.values()):
                 self.release(w)
             for fd in list(self.children):
