@@ -461,13 +461,14 @@ class Zygote:
             rconn = self.connect_runner(runner)
         except OSError as e:
             self.send({"t": "fail", "runner": runner, "message": f"connecting to the supervisor: {e}"})
+            self.keep_output(job)
             return
         stack = list(self.ctx.session._setupstate.stack)
         pid = self._fork_or_fail("runner", runner, rconn)
         if pid > 0:
             self.runners.add(pid)
-        elif pid < 0:  # the next test's process shows the setup output instead
-            self.pending_out, self.pending_err = job["out"] + self.pending_out, job["err"] + self.pending_err
+        elif pid < 0:
+            self.keep_output(job)
         if pid == 0:
             try:
                 self.enter_child(keep=rconn)
@@ -479,10 +480,15 @@ class Zygote:
             os._exit(0)
         rconn.close()
 
+    def keep_output(self, job: dict[str, Any]) -> None:
+        """No process started for job: its captured fixture setup output goes to the
+        next one, as before run() handed it to this job."""
+        self.pending_out, self.pending_err = job["out"] + self.pending_out, job["err"] + self.pending_err
+
     # -- reusable test processes (--tach-reset snapshot) ----------------------------
     def offer(self, job: dict[str, Any], left: int) -> None:
-        """Give a test to an idle reusable process (or one restoring itself: it takes
-        the test once restored); else fork a new reusable process when the `left` tests
+        """Give a test to an idle reusable process (or one restoring itself, or about
+        to: it takes the test once restored); else fork a new reusable process when the `left` tests
         this zygote still has, shared with the ones it has, pay for its snapshot; else
         fork a process for this test alone."""
         for wanted in ("idle", "restoring", "finishing"):
@@ -512,6 +518,8 @@ class Zygote:
                 pass
 
     def release_idle(self) -> None:
+        """Release every reusable process not running a test and not holding one offered
+        to it (those about to restore included): this zygote has no test for them."""
         for w in list(self.reusable.values()):
             if w.state != "busy" and w.job is None:
                 self.release(w)
