@@ -198,6 +198,50 @@ def test_one_call_at_a_time_while_the_next_test_is_set_up(pytester: pytest.Pytes
     assert prepared >= 3, f"the next test was set up during the body in only {prepared} of 4"
 
 
+def test_the_call_turn_passes_on_at_teardown_and_waiting_for_it_is_not_timed(
+        pytester: pytest.Pytester) -> None:
+    """A test whose call passed gives the turn on before its teardown; a failed one
+    keeps it until it is done. The wait for a turn is no part of a test's call duration
+    (it was: --durations, junit times and the duration history tach schedules by showed
+    the time spent waiting for the previous test)."""
+    log = pytester.path / "log.jsonl"
+    pytester.makepyfile(f"""
+        import json, time, pytest
+        def mark(request, what):
+            with open({str(log)!r}, "a") as f:
+                f.write(json.dumps([request.node.name, what, time.monotonic()]) + "\\n")
+        @pytest.fixture(autouse=True)
+        def slow_teardown(request):
+            yield
+            mark(request, "teardown")
+            time.sleep(0.5)
+            mark(request, "torndown")
+        @pytest.mark.parametrize("i", range(4))
+        def test_body(i, request):
+            mark(request, "call")
+            time.sleep(0.2)
+            mark(request, "called")
+            assert i != 1
+    """)
+    r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", "1",
+                      "--durations=0", "--durations-min=0")
+    assert list(outcomes.values()) == ["passed", "failed", "passed", "passed"], r.stdout.str()
+    events: dict[str, dict[str, list[float]]] = {}
+    for line in log.read_text().splitlines():
+        test, what, t = json.loads(line)
+        events.setdefault(test, {}).setdefault(what, []).append(t)
+    order = [f"test_body[{i}]" for i in range(4)]
+    for prev, nxt in zip(order, order[1:]):
+        start, torn = min(events[nxt]["call"]), max(events[prev]["torndown"])
+        if prev == "test_body[1]":
+            assert start >= torn, "the next call started while a failed test still held the turn"
+        else:
+            assert start < torn, f"{nxt} waited for {prev}'s teardown"
+    calls = [float(line.split()[0][:-1]) for line in r.stdout.lines if line.split()[1:2] == ["call"]]
+    assert len(calls) == 4, r.stdout.str()
+    assert max(calls) < 0.45, f"call durations include the wait for a turn: {calls}"
+
+
 def test_exitfirst_stops_where_plain_pytest_stops(pytester: pytest.Pytester) -> None:
     """The process set up ahead must not take its turn before the test dispatched
     before it: with one worker, tests run their bodies in order, as in a plain run."""

@@ -25,6 +25,8 @@ import (
 //	warning {test, data}                        a recorded warning
 //	await   {test}                              the final test waits to tear its zygotes down
 //	await_call {test}                           the test waits for a call turn (Config.CallLimit)
+//	call_over {test}                            its call passed: the turn may go on while it
+//	                                            tears down
 //	done    {test, maxrss, cpu}                 the test's protocol finished
 //	abort   {test, reason, code, interrupt}     the test called pytest.exit() or raised
 //	                                            KeyboardInterrupt: the whole run stops
@@ -41,6 +43,7 @@ var schema = wire.Schema{
 	"warning":    {"test": wire.Int, "data": wire.Map},
 	"await":      {"test": wire.Int},
 	"await_call": {"test": wire.Int},
+	"call_over":  {"test": wire.Int},
 	"done":       {"test": wire.Int, "maxrss": wire.Int, "cpu": wire.Number},
 	"abort":      {"test": wire.Int, "reason": wire.String, "code": wire.Int, "interrupt": wire.Bool},
 }

@@ -459,6 +459,12 @@ func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
 			return
 		}
 		t.awaitingCall, t.pausedAt = true, time.Now()
+	case "call_over":
+		// Its call passed (a runner sends this for passed calls only): the next
+		// test's call need not wait for this one's teardown and reports.
+		if t.callHeld {
+			s.endCall(t)
+		}
 	case "abort":
 		f := in.msg.Fields
 		s.emit(Event{"t": "abort", "test": t.idx, "reason": f["reason"], "code": asInt(f["code"]),

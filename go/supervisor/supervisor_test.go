@@ -238,6 +238,45 @@ func TestCallGateGivesTurnsInDispatchOrderAndTakesThemBackFromCrashes(t *testing
 	s.Stop(StopKill)
 }
 
+func TestCallOverPassesTheTurnOnBeforeTheTestIsDone(t *testing.T) {
+	s, path, root := startWith(t, 2, Config{Workers: 2, CallLimit: 1})
+	zyg := sessionZygote(t, path, root)
+	runA, runB := zyg.recv(), zyg.recv()
+	a, ta := runnerFor(t, path, zyg, runA, 4_100_001)
+	a.send(map[string]any{"t": "await_call", "test": ta})
+	if cmd := a.recv(); cmd["t"] != "go" {
+		t.Fatalf("first runner got %v", cmd)
+	}
+	b, tb := runnerFor(t, path, zyg, runB, 4_100_002)
+	b.send(map[string]any{"t": "await_call", "test": tb})
+	b.quiet(200 * time.Millisecond)
+	a.send(map[string]any{"t": "call_over", "test": ta}) // A tears down: B may call
+	if cmd := b.recv(); cmd["t"] != "go" {
+		t.Fatalf("second runner got %v", cmd)
+	}
+	a.send(map[string]any{"t": "call_over", "test": ta}) // a repeat is harmless
+	for _, r := range []struct {
+		f    *fake
+		test int
+	}{{a, ta}, {b, tb}} {
+		r.f.send(map[string]any{"t": "done", "test": r.test, "maxrss": 1, "cpu": 0.0})
+	}
+	got := map[int]Event{}
+	deadline := time.Now().Add(5 * time.Second)
+	for (got[ta] == nil || got[tb] == nil) && time.Now().Before(deadline) {
+		evs, _ := s.Poll(50 * time.Millisecond)
+		for _, e := range evs {
+			if e["t"] == "test" {
+				got[e["idx"].(int)] = e
+			}
+		}
+	}
+	if got[ta]["outcome"] != "ok" || got[tb]["outcome"] != "ok" {
+		t.Fatalf("events: %v", got)
+	}
+	s.Stop(StopKill)
+}
+
 func TestCallGateRefusedWithoutACallLimit(t *testing.T) {
 	s, path, root := start(t, 1, 1)
 	zyg := sessionZygote(t, path, root)

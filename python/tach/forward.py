@@ -44,19 +44,25 @@ class Forwarder:
         if self.sock is None:
             return
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        self.send({"t": "report", "test": self.test, "data": data}, flush=report.when != "teardown")
+        gated = self.call_gate and report.passed and report.when in ("setup", "call")
+        self.send({"t": "report", "test": self.test, "data": data}, flush=report.when != "teardown" and not gated)
         _unstop(self.config)
+        if gated and report.when == "setup":
+            self.await_call_turn()
+        elif gated:
+            # Its threads are done: the next test's may start while this one tears
+            # down. (A failed call keeps the turn until this test is done, so that with
+            # -x the next call has not started when the failure is replayed.)
+            self.send({"t": "call_over", "test": self.test})
 
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+    def await_call_turn(self) -> None:
         """In stress mode a test's threads should have the cores to themselves, but its
-        process need not wait for the previous test to be forked and set up: it waits
-        here, set up, for its turn (the supervisor takes the turn back when the test
-        is done)."""
-        if self.sock is not None and self.call_gate:
-            self.send({"t": "await_call", "test": self.test})
-            self._wait_for_go()
-        yield
+        process need not wait for the previous test to be forked and set up: set up, it
+        waits here for its turn, between the setup and call phases so that the wait
+        counts in neither's duration (the supervisor takes the turn back when the call
+        has passed, or when the test is done)."""
+        self.send({"t": "await_call", "test": self.test})
+        self._wait_for_go()
 
     def _wait_for_go(self) -> None:
         assert self.sock is not None
