@@ -51,8 +51,8 @@ class Forwarder:
             self.await_call_turn()
         elif gated:
             # Its threads are done: the next test's may start while this one tears
-            # down. (A failed call keeps the turn until this test is done, so that with
-            # -x the next call has not started when the failure is replayed.)
+            # down. (A failed call keeps the turn until this test is done, so its
+            # reports come first and -x stops the next test before that one reports.)
             self.send({"t": "call_over", "test": self.test})
 
     def await_call_turn(self) -> None:
