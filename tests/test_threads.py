@@ -166,15 +166,32 @@ def test_a_markers_bad_argument_fails_that_test_only(pytester: pytest.Pytester, 
     assert "crashed" not in r.stdout.str() and "internal error" not in r.stderr.str()
 
 
-def test_one_call_at_a_time_while_the_next_test_is_set_up(pytester: pytest.Pytester) -> None:
-    """Stress mode with one worker: test bodies never overlap (each test's threads have
-    the cores), but the next test's process is forked and set up meanwhile."""
+def timeline_suite(pytester: pytest.Pytester, body: str) -> Path:
+    """Write a test module whose tests call ``mark(request, what)`` to log moments;
+    return the log (read it with read_timeline)."""
     log = pytester.path / "log.jsonl"
-    pytester.makepyfile(f"""
-        import json, os, time, pytest
+    pytester.makepyfile(textwrap.dedent(f"""
+        import json, time, pytest
         def mark(request, what):
             with open({str(log)!r}, "a") as f:
                 f.write(json.dumps([request.node.name, what, time.monotonic()]) + "\\n")
+    """) + textwrap.dedent(body))
+    return log
+
+
+def read_timeline(log: Path) -> dict[str, dict[str, list[float]]]:
+    """test name -> what -> the moments it was marked (once per thread)."""
+    events: dict[str, dict[str, list[float]]] = {}
+    for line in log.read_text().splitlines():
+        test, what, t = json.loads(line)
+        events.setdefault(test, {}).setdefault(what, []).append(t)
+    return events
+
+
+def test_one_call_at_a_time_while_the_next_test_is_set_up(pytester: pytest.Pytester) -> None:
+    """Stress mode with one worker: test bodies never overlap (each test's threads have
+    the cores), but the next test's process is forked and set up meanwhile."""
+    log = timeline_suite(pytester, """
         @pytest.fixture(autouse=True)
         def setup_mark(request):
             mark(request, "setup")
@@ -186,10 +203,7 @@ def test_one_call_at_a_time_while_the_next_test_is_set_up(pytester: pytest.Pytes
     """)
     r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", "1")
     assert list(outcomes.values()) == ["passed"] * 5, r.stdout.str()
-    events: dict[str, dict[str, list[float]]] = {}
-    for line in log.read_text().splitlines():
-        test, what, t = json.loads(line)
-        events.setdefault(test, {}).setdefault(what, []).append(t)
+    events = read_timeline(log)
     calls = sorted((min(e["call"]), max(e["called"]), min(e["setup"])) for e in events.values())
     assert len(calls) == 5
     for (_, end, _), (start, _, _) in zip(calls, calls[1:]):
@@ -204,12 +218,7 @@ def test_the_call_turn_passes_on_at_teardown_and_waiting_for_it_is_not_timed(
     keeps it until it is done. The wait for a turn is no part of a test's call duration
     (it was: --durations, junit times and the duration history tach schedules by showed
     the time spent waiting for the previous test)."""
-    log = pytester.path / "log.jsonl"
-    pytester.makepyfile(f"""
-        import json, time, pytest
-        def mark(request, what):
-            with open({str(log)!r}, "a") as f:
-                f.write(json.dumps([request.node.name, what, time.monotonic()]) + "\\n")
+    log = timeline_suite(pytester, """
         @pytest.fixture(autouse=True)
         def slow_teardown(request):
             yield
@@ -226,10 +235,7 @@ def test_the_call_turn_passes_on_at_teardown_and_waiting_for_it_is_not_timed(
     r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", "1",
                       "--durations=0", "--durations-min=0")
     assert list(outcomes.values()) == ["passed", "failed", "passed", "passed"], r.stdout.str()
-    events: dict[str, dict[str, list[float]]] = {}
-    for line in log.read_text().splitlines():
-        test, what, t = json.loads(line)
-        events.setdefault(test, {}).setdefault(what, []).append(t)
+    events = read_timeline(log)
     order = [f"test_body[{i}]" for i in range(4)]
     for prev, nxt in zip(order, order[1:]):
         start, torn = min(events[nxt]["call"]), max(events[prev]["torndown"])

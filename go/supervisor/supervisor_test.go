@@ -183,6 +183,29 @@ func runnerFor(t *testing.T, path string, zyg *fake, run map[string]any, pid int
 	return r, test
 }
 
+// testEvents polls s until it has reported each of tests (for at most 5 s) and
+// returns the test events seen, by test index.
+func testEvents(s *Supervisor, tests ...int) map[int]Event {
+	got := map[int]Event{}
+	missing := func() bool {
+		for _, i := range tests {
+			if got[i] == nil {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(5 * time.Second); missing() && time.Now().Before(deadline); {
+		evs, _ := s.Poll(50 * time.Millisecond)
+		for _, e := range evs {
+			if e["t"] == "test" {
+				got[e["idx"].(int)] = e
+			}
+		}
+	}
+	return got
+}
+
 // quiet fails if a command arrives within d.
 func (f *fake) quiet(d time.Duration) {
 	f.t.Helper()
@@ -222,16 +245,7 @@ func TestCallGateGivesTurnsInDispatchOrderAndTakesThemBackFromCrashes(t *testing
 	if cmd := c.recv(); cmd["t"] != "go" {
 		t.Fatalf("third runner got %v after the holder crashed", cmd)
 	}
-	got := map[int]Event{}
-	deadline := time.Now().Add(5 * time.Second)
-	for got[tb] == nil && time.Now().Before(deadline) {
-		evs, _ := s.Poll(50 * time.Millisecond)
-		for _, e := range evs {
-			if e["t"] == "test" {
-				got[e["idx"].(int)] = e
-			}
-		}
-	}
+	got := testEvents(s, ta, tb)
 	if got[ta]["outcome"] != "ok" || got[tb]["outcome"] != "crashed" {
 		t.Fatalf("events: %v", got)
 	}
@@ -261,16 +275,7 @@ func TestCallOverPassesTheTurnOnBeforeTheTestIsDone(t *testing.T) {
 	}{{a, ta}, {b, tb}} {
 		r.f.send(map[string]any{"t": "done", "test": r.test, "maxrss": 1, "cpu": 0.0})
 	}
-	got := map[int]Event{}
-	deadline := time.Now().Add(5 * time.Second)
-	for (got[ta] == nil || got[tb] == nil) && time.Now().Before(deadline) {
-		evs, _ := s.Poll(50 * time.Millisecond)
-		for _, e := range evs {
-			if e["t"] == "test" {
-				got[e["idx"].(int)] = e
-			}
-		}
-	}
+	got := testEvents(s, ta, tb)
 	if got[ta]["outcome"] != "ok" || got[tb]["outcome"] != "ok" {
 		t.Fatalf("events: %v", got)
 	}
