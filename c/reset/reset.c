@@ -19,8 +19,10 @@
  *               mappings that were unmapped or changed, closes new fds, restores signal
  *               dispositions and mask, the alternate signal stack, timers, cwd, umask and
  *               the program break, asks the kernel (PAGEMAP_SCAN) which pages were
- *               written, copies those back from the golden copy, protects them again and jumps back into snapshot(), which returns the number of
- *               restores so far. It does not return.
+ *               written, copies those back from the golden copy, write-protects
+ *               everything again when due (see protect_again(): pages a restore puts
+ *               back mostly stay unprotected) and jumps back into snapshot(), which
+ *               returns the number of restores so far. It does not return.
  *
  * The memory this code itself uses while restoring (its tables, buffers, stack and the
  * golden copy) is never tracked and never restored. Tables and stack are small shared
