@@ -248,6 +248,59 @@ def test_the_call_turn_passes_on_at_teardown_and_waiting_for_it_is_not_timed(
     assert max(calls) < 0.45, f"call durations include the wait for a turn: {calls}"
 
 
+def test_a_plugin_that_reruns_failed_tests_gets_the_turn_again(pytester: pytest.Pytester) -> None:
+    """pytest-rerunfailures runs a test's whole protocol again, logging its reports only
+    after each attempt: the rerun calls the test while it still holds the turn (its
+    call failed), or after it gave the turn on (its call passed, its teardown failed).
+    Both reruns run, bodies never overlap, and each test ends with one outcome (a rerun
+    used to be a protocol error that killed the test as crashed)."""
+    pytest.importorskip("pytest_rerunfailures")
+    log = timeline_suite(pytester, """
+        import os
+        def first_time(request, what):
+            path = f"{request.node.name}.{what}"
+            if os.path.exists(path):
+                return False
+            open(path, "w").close()
+            return True
+        @pytest.fixture
+        def flaky_teardown(request):
+            yield
+            if first_time(request, "teardown"):
+                raise RuntimeError("teardown fails the first time")
+        def test_flaky_call(request):
+            mark(request, "call")
+            time.sleep(0.05)
+            mark(request, "called")
+            assert not first_time(request, "call")
+        def test_flaky_teardown(request, flaky_teardown):
+            mark(request, "call")
+            time.sleep(0.05)
+            mark(request, "called")
+        def test_steady(request):
+            mark(request, "call")
+            time.sleep(0.05)
+            mark(request, "called")
+    """)
+    plain = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio", "--reruns", "2")
+    for leftover in (log, *pytester.path.glob("test_*.call"), *pytester.path.glob("test_*.teardown")):
+        leftover.unlink()
+    r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", "1", "--reruns", "2")
+    assert {k.split("::")[-1]: v for k, v in outcomes.items()} == {"test_flaky_call": "passed", "test_flaky_teardown": "passed",
+                                                                    "test_steady": "passed"}, r.stdout.str()
+    # (pytest-rerunfailures counts the passed call before the failed teardown: 4 passed)
+    assert r.parseoutcomes() == plain.parseoutcomes() == {"passed": 4, "rerun": 2}, r.stdout.str()
+    events = read_timeline(log)
+    assert {t: len(e["call"]) for t, e in events.items()} == {
+        "test_flaky_call": 4, "test_flaky_teardown": 4, "test_steady": 2}
+    # One interval per attempt (2 threads each); a test's rerun may come after the
+    # next test's call, once it gave the turn on.
+    calls = sorted((min(e["call"][k:k + 2]), max(e["called"][k:k + 2]), t)
+                   for t, e in events.items() for k in range(0, len(e["call"]), 2))
+    for (_, end, prev), (start, _, nxt) in zip(calls, calls[1:]):
+        assert end <= start, f"{nxt} called while {prev} was"
+
+
 def test_exitfirst_stops_where_plain_pytest_stops(pytester: pytest.Pytester) -> None:
     """The process set up ahead must not take its turn before the test dispatched
     before it: with one worker, tests run their bodies in order, as in a plain run."""

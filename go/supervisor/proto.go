@@ -24,7 +24,8 @@ import (
 //	report  {test, data}                        a serialized pytest report
 //	warning {test, data}                        a recorded warning
 //	await   {test}                              the final test waits to tear its zygotes down
-//	await_call {test}                           the test waits for a call turn (Config.CallLimit)
+//	await_call {test}                           the test waits for a call turn (Config.CallLimit);
+//	                                            again after call_over if it is called again
 //	call_over {test}                            its call passed: the turn may go on while it
 //	                                            tears down
 //	done    {test, maxrss, cpu}                 the test's protocol finished

@@ -454,11 +454,18 @@ func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
 		s.waiting[r.id] = r
 		s.endCall(t) // its scope's other tests may need the turn before it can go on
 	case "await_call":
-		if s.cfg.CallLimit <= 0 || t.turnOver || t.awaitingCall {
+		if s.cfg.CallLimit <= 0 || t.callHeld || t.awaitingCall {
 			s.connEnded(r.conn, fmt.Errorf("runner %d asked for a call turn it cannot have", r.id))
 			return
 		}
 		t.awaitingCall, t.pausedAt = true, time.Now()
+		if t.turnOver {
+			// Its turn is over and it calls the test again (a plugin reran it after a
+			// passed call and a failed teardown): it goes next, before tests
+			// dispatched after it.
+			t.turnOver = false
+			s.callOrder = append([]*testRun{t}, s.callOrder...)
+		}
 	case "call_over":
 		// Its call passed (a runner sends this for passed calls only): the next
 		// test's call need not wait for this one's teardown and reports.

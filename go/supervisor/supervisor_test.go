@@ -282,6 +282,42 @@ func TestCallOverPassesTheTurnOnBeforeTheTestIsDone(t *testing.T) {
 	s.Stop(StopKill)
 }
 
+func TestATestAsksForTheTurnAgainAfterItsCallPassed(t *testing.T) {
+	// pytest-rerunfailures reruns a test whose teardown failed after its call passed
+	// (call_over): it asks for a turn again and gets it when the turn comes free.
+	s, path, root := startWith(t, 2, Config{Workers: 2, CallLimit: 1})
+	zyg := sessionZygote(t, path, root)
+	runA, runB := zyg.recv(), zyg.recv()
+	a, ta := runnerFor(t, path, zyg, runA, 4_200_001)
+	b, tb := runnerFor(t, path, zyg, runB, 4_200_002)
+	a.send(map[string]any{"t": "await_call", "test": ta})
+	if cmd := a.recv(); cmd["t"] != "go" {
+		t.Fatalf("first runner got %v", cmd)
+	}
+	b.send(map[string]any{"t": "await_call", "test": tb})
+	a.send(map[string]any{"t": "call_over", "test": ta})
+	if cmd := b.recv(); cmd["t"] != "go" {
+		t.Fatalf("second runner got %v", cmd)
+	}
+	a.send(map[string]any{"t": "await_call", "test": ta}) // the rerun
+	a.quiet(200 * time.Millisecond)
+	b.send(map[string]any{"t": "call_over", "test": tb})
+	if cmd := a.recv(); cmd["t"] != "go" {
+		t.Fatalf("the rerun got %v", cmd)
+	}
+	for _, r := range []struct {
+		f    *fake
+		test int
+	}{{a, ta}, {b, tb}} {
+		r.f.send(map[string]any{"t": "done", "test": r.test, "maxrss": 1, "cpu": 0.0})
+	}
+	got := testEvents(s, ta, tb)
+	if got[ta]["outcome"] != "ok" || got[tb]["outcome"] != "ok" {
+		t.Fatalf("events: %v", got)
+	}
+	s.Stop(StopKill)
+}
+
 func TestCallGateRefusedWithoutACallLimit(t *testing.T) {
 	s, path, root := start(t, 1, 1)
 	zyg := sessionZygote(t, path, root)

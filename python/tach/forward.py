@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -28,6 +29,8 @@ class Forwarder:
         #: each test's call phase waits for a turn from the supervisor (stress mode,
         #: where the next test process is set up while the current one runs)
         self.call_gate = False
+        self.turn = -1  # index of the test holding a call turn
+        self.waited = 0.0  # seconds the current call phase waited for its turn
         # Frames not sent yet. Each send wakes the supervisor: the teardown report
         # waits for the test's "done" (and the next test's "start") to share one write.
         # Setup and call reports go at once, so that a crash later still shows them.
@@ -44,25 +47,42 @@ class Forwarder:
         if self.sock is None:
             return
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        gated = self.call_gate and report.passed and report.when in ("setup", "call")
-        self.send({"t": "report", "test": self.test, "data": data}, flush=report.when != "teardown" and not gated)
+        self.send({"t": "report", "test": self.test, "data": data}, flush=report.when != "teardown")
         _unstop(self.config)
-        if gated and report.when == "setup":
-            self.await_call_turn()
-        elif gated:
+        if report.when == "call" and report.passed and self.turn == self.test:
             # Its threads are done: the next test's may start while this one tears
             # down. (A failed call keeps the turn until this test is done, so its
             # reports come first and -x stops the next test before that one reports.)
+            self.turn = -1
             self.send({"t": "call_over", "test": self.test})
 
-    def await_call_turn(self) -> None:
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
         """In stress mode a test's threads should have the cores to themselves, but its
         process need not wait for the previous test to be forked and set up: set up, it
-        waits here for its turn, between the setup and call phases so that the wait
-        counts in neither's duration (the supervisor takes the turn back when the call
-        has passed, or when the test is done)."""
-        self.send({"t": "await_call", "test": self.test})
-        self._wait_for_go()
+        waits here for its turn (the supervisor takes the turn back when the call has
+        passed, or when the test is done). Here, and not when its setup report is
+        logged: a plugin that reruns failed tests (pytest-rerunfailures) runs the whole
+        protocol before it logs any report, and calls the test again while it still
+        holds the turn."""
+        if self.sock is not None and self.call_gate and self.turn != self.test:
+            t0 = time.perf_counter()
+            self.send({"t": "await_call", "test": self.test})
+            self._wait_for_go()
+            self.turn = self.test
+            self.waited = time.perf_counter() - t0
+        yield
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+        """The wait for the call turn is pytest's call phase, as timed, but not the test's:
+        --durations, junit times and the durations tach schedules by must not count it
+        (they showed 26 ms calls of 10 ms bodies)."""
+        if call.when == "call" and self.waited:
+            call.start += self.waited
+            call.duration = max(0.0, call.duration - self.waited)
+            self.waited = 0.0
+        yield
 
     def _wait_for_go(self) -> None:
         assert self.sock is not None
