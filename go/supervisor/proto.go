@@ -17,7 +17,8 @@ import (
 //	fail    {runner, message}                   a runner could not be started (e.g. fork failed)
 //	error   {message}                           an internal error; the zygote is exiting
 //
-// From a runner (its connection is opened by its zygote before the fork):
+// From a runner (its connection is opened by its zygote before the fork, or by a
+// reusable test process before its snapshot, for every runner it will be):
 //
 //	hello   {role: "runner", id, pid}
 //	start   {test}                              the runner begins test (its deadline starts)
@@ -31,6 +32,10 @@ import (
 //	done    {test, maxrss, cpu}                 the test's protocol finished
 //	abort   {test, reason, code, interrupt}     the test called pytest.exit() or raised
 //	                                            KeyboardInterrupt: the whole run stops
+//	rest    {}                                  its batch is over; the process restores itself
+//	                                            and keeps this connection for a later runner
+//	take    {runner}                            (on a resting connection) the process runs
+//	                                            runner now: a hello without a new connection
 var schema = wire.Schema{
 	"hello":      {"role": wire.String, "id": wire.Int, "pid": wire.Int},
 	"ready":      {"id": wire.Int},
@@ -47,6 +52,8 @@ var schema = wire.Schema{
 	"call_over":  {"test": wire.Int},
 	"done":       {"test": wire.Int, "maxrss": wire.Int, "cpu": wire.Number},
 	"abort":      {"test": wire.Int, "reason": wire.String, "code": wire.Int, "interrupt": wire.Bool},
+	"rest":       {},
+	"take":       {"runner": wire.Int},
 }
 
 func asInt(v any) int {

@@ -388,7 +388,16 @@ func (s *Supervisor) handle(in input) {
 	}
 	switch cn.role {
 	case "runner":
-		s.runnerFrame(s.runners[cn.id], in)
+		switch {
+		case in.msg.Type == "take" && cn.id < 0:
+			s.take(cn, asInt(in.msg.Fields["runner"]))
+		case cn.id < 0:
+			s.connEnded(cn, fmt.Errorf("resting connection sent %q, want take", in.msg.Type))
+		case in.msg.Type == "rest":
+			s.rest(cn)
+		default:
+			s.runnerFrame(s.runners[cn.id], in)
+		}
 	case "zygote":
 		s.zygoteFrame(cn, in.msg.Type, in.msg.Fields)
 	}
@@ -424,6 +433,31 @@ func (s *Supervisor) hello(cn *conn, f map[string]any) {
 	default:
 		s.connEnded(cn, fmt.Errorf("hello with role %q", role))
 	}
+}
+
+// rest unbinds a connection from its runner, whose tests are all done: the process
+// restores itself (its runner ends, as if it had exited) and keeps the connection for
+// the runner it becomes next (take). Connecting once per process instead of once per
+// test saves an accept, two goroutines and a connection teardown per test.
+func (s *Supervisor) rest(cn *conn) {
+	r := s.runners[cn.id]
+	if r.current != nil || r.remaining > 0 {
+		s.connEnded(cn, fmt.Errorf("runner %d rested with tests left", r.id))
+		return
+	}
+	r.conn, r.eof = nil, true
+	cn.id = -1
+	s.maybeRunnerEnded(r)
+}
+
+func (s *Supervisor) take(cn *conn, id int) {
+	r, ok := s.runners[id]
+	if !ok || r.conn != nil || r.eof {
+		s.connEnded(cn, fmt.Errorf("take of unexpected runner %d", id))
+		return
+	}
+	cn.id = id
+	r.conn = cn
 }
 
 func (s *Supervisor) testOf(r *runnerProc, f map[string]any) *testRun {
@@ -585,7 +619,7 @@ func (s *Supervisor) connEnded(cn *conn, err error) {
 	if err != nil && !errors.Is(err, io.EOF) {
 		s.emit(Event{"t": "note", "msg": fmt.Sprintf("dropped a connection (%s %d): %v", cn.role, cn.id, err)})
 	}
-	if cn.role == "runner" {
+	if cn.role == "runner" && cn.id >= 0 {
 		r := s.runners[cn.id]
 		r.eof = true
 		if err != nil && !errors.Is(err, io.EOF) && !s.stopping {

@@ -318,6 +318,58 @@ func TestATestAsksForTheTurnAgainAfterItsCallPassed(t *testing.T) {
 	s.Stop(StopKill)
 }
 
+func TestAReusableProcessKeepsItsConnectionAcrossRunners(t *testing.T) {
+	// A reusable test process (--tach-reset snapshot) connects once: after its batch it
+	// rests (its runner ends once the zygote reports it exited: the slot frees) and
+	// takes the next runner on the same connection.
+	s, path, root := start(t, 3, 1)
+	zyg := sessionZygote(t, path, root)
+	const pid = 4_300_001
+	exited := map[string]any{"t": "exited", "pid": pid, "status": 0, "maxrss": 1, "utime": 0.0, "stime": 0.0}
+	p, first := runnerFor(t, path, zyg, zyg.recv(), pid)
+	tests := []int{first}
+	for k := 0; k < 2; k++ {
+		p.send(map[string]any{"t": "done", "test": tests[k], "maxrss": 1, "cpu": 0.0})
+		p.send(map[string]any{"t": "rest"})
+		zyg.send(exited)
+		run := zyg.recv() // dispatched only once the runner before it ended
+		rid, test := asInt(run["runner"]), asInt(run["tests"].([]any)[0])
+		p.send(map[string]any{"t": "take", "runner": rid})
+		zyg.send(map[string]any{"t": "forked", "kind": "runner", "id": rid, "pid": pid})
+		p.send(map[string]any{"t": "start", "test": test})
+		tests = append(tests, test)
+	}
+	p.send(map[string]any{"t": "rest"}) // with its test running: refused, and killed
+	got := testEvents(s, tests[:2]...)
+	for _, i := range tests[:2] {
+		if got[i]["outcome"] != "ok" {
+			t.Fatalf("test %d: %v", i, got[i])
+		}
+	}
+	zyg.send(exited)
+	if got = testEvents(s, tests[2]); got[tests[2]]["outcome"] != "crashed" {
+		t.Fatalf("a runner that rested with its test running: %v", got[tests[2]])
+	}
+	s.Stop(StopKill)
+}
+
+func TestARestingConnectionOnlyTakesARunner(t *testing.T) {
+	s, path, root := start(t, 1, 1)
+	zyg := sessionZygote(t, path, root)
+	p, test := runnerFor(t, path, zyg, zyg.recv(), 4_400_001)
+	p.send(map[string]any{"t": "done", "test": test, "maxrss": 1, "cpu": 0.0})
+	p.send(map[string]any{"t": "rest"})
+	p.send(map[string]any{"t": "start", "test": test})
+	_ = p.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := p.r.Next(); err == nil {
+		t.Fatal("a resting connection that sent start was answered")
+	}
+	if got := testEvents(s, test); got[test]["outcome"] != "ok" {
+		t.Fatalf("the test done before: %v", got[test])
+	}
+	s.Stop(StopKill)
+}
+
 func TestCallGateRefusedWithoutACallLimit(t *testing.T) {
 	s, path, root := start(t, 1, 1)
 	zyg := sessionZygote(t, path, root)

@@ -614,6 +614,11 @@ class Zygote:
         from tach import _reset
 
         ctl.settimeout(None)
+        # One supervisor connection for the life of the process, made before the
+        # snapshot so that restores keep it: each runner this process becomes says
+        # "take" on it instead of connecting anew (see the supervisor's rest/take).
+        rconn = _connect(self.ctx.sock_path)  # failing: _report_fatal, like any error here
+        rconn.settimeout(None)  # the kernel's blocking flag is not restored: keep it fixed
         try:
             restores = _reset.snapshot()
         except (_reset.ResetUnavailable, OSError) as e:
@@ -630,7 +635,10 @@ class Zygote:
                 os._exit(0)  # the zygote is gone
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         runner, tests = int(job["runner"]), [int(i) for i in job["tests"]]
-        rconn = self.connect_runner(runner)
+        if restores > 0:
+            frames.send(rconn, {"t": "take", "runner": runner})
+        else:
+            frames.send(rconn, {"t": "hello", "role": "runner", "id": runner, "pid": os.getpid()})
         r = Runner(self.ctx, rconn, runner, list(self.ctx.session._setupstate.stack), self.teardown_base,
                    self.parametrized_fixtures(tests[0]), (job["out"], job["err"]))
         if restores >= 0 and not job["final"]:
@@ -646,9 +654,9 @@ class Zygote:
         r.serve(tests, bool(job["final"]), False)
         if restores < 0 or job["final"] or r.stopping:
             os._exit(0)
-        rconn.close()
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
         try:
+            frames.send(rconn, {"t": "rest"})
             frames.send(ctl, {"t": "done", "maxrss": ru1.ru_maxrss, "utime": ru1.ru_utime - ru0.ru_utime,
                               "stime": ru1.ru_stime - ru0.ru_stime})
             _reset.restore()  # does not return: snapshot() above returns again
