@@ -207,6 +207,17 @@ func testEvents(s *Supervisor, tests ...int) map[int]Event {
 }
 
 // quiet fails if a command arrives within d.
+// bothDone has runners a and b report their tests done and checks both end ok.
+func bothDone(t *testing.T, s *Supervisor, a *fake, ta int, b *fake, tb int) {
+	t.Helper()
+	a.send(map[string]any{"t": "done", "test": ta, "maxrss": 1, "cpu": 0.0})
+	b.send(map[string]any{"t": "done", "test": tb, "maxrss": 1, "cpu": 0.0})
+	got := testEvents(s, ta, tb)
+	if got[ta]["outcome"] != "ok" || got[tb]["outcome"] != "ok" {
+		t.Fatalf("events: %v", got)
+	}
+}
+
 func (f *fake) quiet(d time.Duration) {
 	f.t.Helper()
 	_ = f.c.SetReadDeadline(time.Now().Add(d))
@@ -269,16 +280,7 @@ func TestCallOverPassesTheTurnOnBeforeTheTestIsDone(t *testing.T) {
 		t.Fatalf("second runner got %v", cmd)
 	}
 	a.send(map[string]any{"t": "call_over", "test": ta}) // a repeat is harmless
-	for _, r := range []struct {
-		f    *fake
-		test int
-	}{{a, ta}, {b, tb}} {
-		r.f.send(map[string]any{"t": "done", "test": r.test, "maxrss": 1, "cpu": 0.0})
-	}
-	got := testEvents(s, ta, tb)
-	if got[ta]["outcome"] != "ok" || got[tb]["outcome"] != "ok" {
-		t.Fatalf("events: %v", got)
-	}
+	bothDone(t, s, a, ta, b, tb)
 	s.Stop(StopKill)
 }
 
@@ -305,16 +307,7 @@ func TestATestAsksForTheTurnAgainAfterItsCallPassed(t *testing.T) {
 	if cmd := a.recv(); cmd["t"] != "go" {
 		t.Fatalf("the rerun got %v", cmd)
 	}
-	for _, r := range []struct {
-		f    *fake
-		test int
-	}{{a, ta}, {b, tb}} {
-		r.f.send(map[string]any{"t": "done", "test": r.test, "maxrss": 1, "cpu": 0.0})
-	}
-	got := testEvents(s, ta, tb)
-	if got[ta]["outcome"] != "ok" || got[tb]["outcome"] != "ok" {
-		t.Fatalf("events: %v", got)
-	}
+	bothDone(t, s, a, ta, b, tb)
 	s.Stop(StopKill)
 }
 
