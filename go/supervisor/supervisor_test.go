@@ -218,6 +218,14 @@ func bothDone(t *testing.T, s *Supervisor, a *fake, ta int, b *fake, tb int) {
 	}
 }
 
+// expectGo reads the next command and fails unless it is go; who names the runner.
+func (f *fake) expectGo(who string) {
+	f.t.Helper()
+	if cmd := f.recv(); cmd["t"] != "go" {
+		f.t.Fatalf("%s got %v", who, cmd)
+	}
+}
+
 func (f *fake) quiet(d time.Duration) {
 	f.t.Helper()
 	_ = f.c.SetReadDeadline(time.Now().Add(d))
@@ -239,14 +247,10 @@ func TestCallGateGivesTurnsInDispatchOrderAndTakesThemBackFromCrashes(t *testing
 	b, tb := runner(runB, 4_000_002) // set up first, but dispatched second
 	b.quiet(200 * time.Millisecond)
 	a, ta := runner(runA, 4_000_001)
-	if cmd := a.recv(); cmd["t"] != "go" {
-		t.Fatalf("first runner got %v", cmd)
-	}
+	a.expectGo("first runner")
 	b.quiet(200 * time.Millisecond) // A holds the only turn until its test is done
 	a.send(map[string]any{"t": "done", "test": ta, "maxrss": 1, "cpu": 0.0})
-	if cmd := b.recv(); cmd["t"] != "go" {
-		t.Fatalf("second runner got %v", cmd)
-	}
+	b.expectGo("second runner")
 	a.c.Close()
 	zyg.send(map[string]any{"t": "exited", "pid": 4_000_001, "status": 0, "maxrss": 0, "utime": 0.0, "stime": 0.0})
 	c, _ := runner(zyg.recv(), 4_000_003)
@@ -269,16 +273,12 @@ func TestCallOverPassesTheTurnOnBeforeTheTestIsDone(t *testing.T) {
 	runA, runB := zyg.recv(), zyg.recv()
 	a, ta := runnerFor(t, path, zyg, runA, 4_100_001)
 	a.send(map[string]any{"t": "await_call", "test": ta})
-	if cmd := a.recv(); cmd["t"] != "go" {
-		t.Fatalf("first runner got %v", cmd)
-	}
+	a.expectGo("first runner")
 	b, tb := runnerFor(t, path, zyg, runB, 4_100_002)
 	b.send(map[string]any{"t": "await_call", "test": tb})
 	b.quiet(200 * time.Millisecond)
 	a.send(map[string]any{"t": "call_over", "test": ta}) // A tears down: B may call
-	if cmd := b.recv(); cmd["t"] != "go" {
-		t.Fatalf("second runner got %v", cmd)
-	}
+	b.expectGo("second runner")
 	a.send(map[string]any{"t": "call_over", "test": ta}) // a repeat is harmless
 	bothDone(t, s, a, ta, b, tb)
 	s.Stop(StopKill)
@@ -293,20 +293,14 @@ func TestATestAsksForTheTurnAgainAfterItsCallPassed(t *testing.T) {
 	a, ta := runnerFor(t, path, zyg, runA, 4_200_001)
 	b, tb := runnerFor(t, path, zyg, runB, 4_200_002)
 	a.send(map[string]any{"t": "await_call", "test": ta})
-	if cmd := a.recv(); cmd["t"] != "go" {
-		t.Fatalf("first runner got %v", cmd)
-	}
+	a.expectGo("first runner")
 	b.send(map[string]any{"t": "await_call", "test": tb})
 	a.send(map[string]any{"t": "call_over", "test": ta})
-	if cmd := b.recv(); cmd["t"] != "go" {
-		t.Fatalf("second runner got %v", cmd)
-	}
+	b.expectGo("second runner")
 	a.send(map[string]any{"t": "await_call", "test": ta}) // the rerun
 	a.quiet(200 * time.Millisecond)
 	b.send(map[string]any{"t": "call_over", "test": tb})
-	if cmd := a.recv(); cmd["t"] != "go" {
-		t.Fatalf("the rerun got %v", cmd)
-	}
+	a.expectGo("the rerun")
 	bothDone(t, s, a, ta, b, tb)
 	s.Stop(StopKill)
 }
