@@ -167,14 +167,19 @@ def test_a_markers_bad_argument_fails_that_test_only(pytester: pytest.Pytester, 
 
 
 def timeline_suite(pytester: pytest.Pytester, body: str) -> Path:
-    """Write a test module whose tests call ``mark(request, what)`` to log moments;
-    return the log (read it with read_timeline)."""
+    """Write a test module whose tests call ``mark(request, what)`` to log moments
+    (``timed_call(request, seconds)`` marks "call", sleeps, marks "called"); return the
+    log (read it with read_timeline)."""
     log = pytester.path / "log.jsonl"
     pytester.makepyfile(textwrap.dedent(f"""
         import json, time, pytest
         def mark(request, what):
             with open({str(log)!r}, "a") as f:
                 f.write(json.dumps([request.node.name, what, time.monotonic()]) + "\\n")
+        def timed_call(request, seconds):
+            mark(request, "call")
+            time.sleep(seconds)
+            mark(request, "called")
     """) + textwrap.dedent(body))
     return log
 
@@ -197,9 +202,7 @@ def test_one_call_at_a_time_while_the_next_test_is_set_up(pytester: pytest.Pytes
             mark(request, "setup")
         @pytest.mark.parametrize("i", range(5))
         def test_body(i, request):
-            mark(request, "call")
-            time.sleep(0.2)
-            mark(request, "called")
+            timed_call(request, 0.2)
     """)
     r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", "1")
     assert list(outcomes.values()) == ["passed"] * 5, r.stdout.str()
@@ -227,9 +230,7 @@ def test_the_call_turn_passes_on_at_teardown_and_waiting_for_it_is_not_timed(
             mark(request, "torndown")
         @pytest.mark.parametrize("i", range(4))
         def test_body(i, request):
-            mark(request, "call")
-            time.sleep(0.2)
-            mark(request, "called")
+            timed_call(request, 0.2)
             assert i != 1
     """)
     r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", "1",
@@ -269,25 +270,20 @@ def test_a_plugin_that_reruns_failed_tests_gets_the_turn_again(pytester: pytest.
             if first_time(request, "teardown"):
                 raise RuntimeError("teardown fails the first time")
         def test_flaky_call(request):
-            mark(request, "call")
-            time.sleep(0.05)
-            mark(request, "called")
+            timed_call(request, 0.05)
             assert not first_time(request, "call")
         def test_flaky_teardown(request, flaky_teardown):
-            mark(request, "call")
-            time.sleep(0.05)
-            mark(request, "called")
+            timed_call(request, 0.05)
         def test_steady(request):
-            mark(request, "call")
-            time.sleep(0.05)
-            mark(request, "called")
+            timed_call(request, 0.05)
     """)
     plain = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio", "--reruns", "2")
     for leftover in (log, *pytester.path.glob("test_*.call"), *pytester.path.glob("test_*.teardown")):
         leftover.unlink()
     r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", "1", "--reruns", "2")
-    assert {k.split("::")[-1]: v for k, v in outcomes.items()} == {"test_flaky_call": "passed", "test_flaky_teardown": "passed",
-                                                                    "test_steady": "passed"}, r.stdout.str()
+    by_name = {k.split("::")[-1]: v for k, v in outcomes.items()}
+    assert by_name == {"test_flaky_call": "passed", "test_flaky_teardown": "passed",
+                       "test_steady": "passed"}, r.stdout.str()
     # (pytest-rerunfailures counts the passed call before the failed teardown: 4 passed)
     assert r.parseoutcomes() == plain.parseoutcomes() == {"passed": 4, "rerun": 2}, r.stdout.str()
     events = read_timeline(log)

@@ -635,10 +635,7 @@ class Zygote:
                 os._exit(0)  # the zygote is gone
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         runner, tests = int(job["runner"]), [int(i) for i in job["tests"]]
-        if restores > 0:
-            frames.send(rconn, {"t": "take", "runner": runner})
-        else:
-            frames.send(rconn, {"t": "hello", "role": "runner", "id": runner, "pid": os.getpid()})
+        frames.send(rconn, {"t": "take", "runner": runner} if restores > 0 else _runner_hello(runner))
         r = Runner(self.ctx, rconn, runner, list(self.ctx.session._setupstate.stack), self.teardown_base,
                    self.parametrized_fixtures(tests[0]), (job["out"], job["err"]))
         if restores >= 0 and not job["final"]:
@@ -667,7 +664,7 @@ class Zygote:
     def connect_runner(self, runner: int) -> socket.socket:
         """The supervisor connection of runner `runner`, introduced."""
         rconn = _connect(self.ctx.sock_path)
-        frames.send(rconn, {"t": "hello", "role": "runner", "id": runner, "pid": os.getpid()})
+        frames.send(rconn, _runner_hello(runner))
         return rconn
 
     def parametrized_fixtures(self, index: int) -> set[int]:
@@ -722,6 +719,11 @@ class Zygote:
         if keep is not None:
             return keep
         return _connect(self.ctx.sock_path)
+
+
+def _runner_hello(runner: int) -> dict[str, Any]:
+    """The first frame of a runner's own connection to the supervisor."""
+    return {"t": "hello", "role": "runner", "id": runner, "pid": os.getpid()}
 
 
 def _readable(fd: int) -> bool:
