@@ -77,6 +77,14 @@ func startWith(t *testing.T, n int, cfg Config) (*Supervisor, string, *exec.Cmd)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Start takes ownership of the fd it is given. f's own fd must not be it: f's
+	// finalizer closes f's fd whenever f is collected, which under -count=N closed the
+	// supervisor's listener, or a later test's socket that reused the number.
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ln.SetUnlinkOnClose(false) // the supervisor gets the listening socket, the path stays
 	ln.Close()
 	root := exec.Command("sleep", "60")
@@ -87,7 +95,7 @@ func startWith(t *testing.T, n int, cfg Config) (*Supervisor, string, *exec.Cmd)
 	for i := range tests {
 		tests[i] = TestSpec{NodeID: "t.py::t" + string(rune('a'+i)), Chain: []string{"session"}}
 	}
-	cfg.ListenFD, cfg.RootPID, cfg.Tests = int(f.Fd()), root.Process.Pid, tests
+	cfg.ListenFD, cfg.RootPID, cfg.Tests = fd, root.Process.Pid, tests
 	s, err := Start(cfg)
 	if err != nil {
 		t.Fatal(err)
