@@ -121,6 +121,7 @@ type Supervisor struct {
 
 	in      chan input
 	control chan func()
+	over    chan struct{} // closed when run() returns: control is no longer read
 	rootEnd chan exitInfo
 
 	mu     sync.Mutex
@@ -172,7 +173,7 @@ func Start(cfg Config) (*Supervisor, error) {
 	}
 	s := &Supervisor{
 		cfg: cfg, sched: sched.New(specs, cfg.Workers, cfg.Persistent), ln: ul,
-		in: make(chan input, 256), control: make(chan func(), 8), rootEnd: make(chan exitInfo, 1),
+		in: make(chan input, 256), control: make(chan func(), 8), over: make(chan struct{}), rootEnd: make(chan exitInfo, 1),
 		wake: make(chan struct{}, 1), tests: make([]*testRun, len(cfg.Tests)),
 		runners: map[int]*runnerProc{}, live: map[int]*runnerProc{}, waiting: map[int]*runnerProc{},
 		zygotes: map[int]*zproc{}, byPID: map[int]any{},
@@ -248,8 +249,12 @@ func (s *Supervisor) abort() {
 }
 
 func (s *Supervisor) send(f func()) {
-	defer func() { recover() }() // run() has ended: nothing left to stop
-	s.control <- f
+	// Once run() has ended there is nothing left to stop. (control is never closed:
+	// closing it raced with a concurrent send, which the race detector reported.)
+	select {
+	case s.control <- f:
+	case <-s.over:
+	}
 }
 
 func (s *Supervisor) emit(e Event) {
@@ -368,7 +373,7 @@ func (s *Supervisor) maybeEnd() bool {
 	s.ended = true
 	s.mu.Unlock()
 	s.emit(Event{"t": "end", "root_status": s.rootExit.status})
-	close(s.control)
+	close(s.over)
 	return true
 }
 
