@@ -79,6 +79,29 @@ func (fr *Reader) Next() ([]byte, error) {
 	return buf, nil
 }
 
+// Cut takes the first whole frame off buf, for callers that read a stream in chunks
+// (the supervisor reads non-blocking sockets). It returns the frame's payload (a slice
+// of buf) and what follows it; a nil payload and buf itself when buf does not hold a
+// whole frame yet; ErrTooLarge as soon as the header announces a payload over max
+// (DefaultMaxFrame when max <= 0): the stream is then out of sync.
+func Cut(buf []byte, max int) (payload, rest []byte, err error) {
+	if max <= 0 {
+		max = DefaultMaxFrame
+	}
+	if len(buf) < HeaderSize {
+		return nil, buf, nil
+	}
+	n := binary.BigEndian.Uint32(buf)
+	if uint64(n) > uint64(max) {
+		return nil, buf, fmt.Errorf("frame of %d bytes (cap %d): %w", n, max, ErrTooLarge)
+	}
+	end := HeaderSize + int(n)
+	if len(buf) < end {
+		return nil, buf, nil
+	}
+	return buf[HeaderSize:end:end], buf[end:], nil
+}
+
 // Append appends payload as one frame to dst.
 func Append(dst, payload []byte) ([]byte, error) {
 	if uint64(len(payload)) > uint64(^uint32(0)) {
@@ -131,10 +154,12 @@ func (k Kind) matches(v any) bool {
 		return ok
 	case Map:
 		_, ok := v.(map[string]any)
-		return ok
+		n, nested := v.(Nested)
+		return ok || nested && n.Map
 	case List:
 		_, ok := v.([]any)
-		return ok
+		n, nested := v.(Nested)
+		return ok || nested && !n.Map
 	case Number:
 		switch v.(type) {
 		case int64, uint64, float64:
@@ -145,9 +170,11 @@ func (k Kind) matches(v any) bool {
 	return true
 }
 
-// Decode parses one payload and validates it against the schema.
+// Decode parses one payload and validates it against the schema. The payload is
+// validated in full, but only the top-level fields are built: a map or array among
+// them comes back as a Nested.
 func (s Schema) Decode(payload []byte) (Message, error) {
-	d := decoder{b: payload}
+	d := decoder{b: payload, shallow: true}
 	top, err := d.value(0)
 	if err != nil {
 		return Message{}, fmt.Errorf("%w: %v", ErrMalformed, err)

@@ -83,8 +83,33 @@ func TestDecodeValid(t *testing.T) {
 	if b, ok := m.Fields["data"].([]byte); !ok || len(b) != 1 {
 		t.Fatalf("data decoded as %#v", m.Fields["data"])
 	}
-	if _, ok := m.Fields["extra"].(map[string]any); !ok {
-		t.Fatalf("nested map decoded as %T, want map[string]any", m.Fields["extra"])
+	v, err := DecodeValue(pack(t, map[string]any{"extra": map[string]any{"k": []any{1, "x"}}}))
+	if extra, ok := v.(map[string]any)["extra"].(map[string]any); err != nil || !ok || len(extra["k"].([]any)) != 2 {
+		t.Fatalf("DecodeValue builds nested values: got %#v, %v", v, err)
+	}
+}
+
+func TestDecodeBuildsTopLevelFieldsOnly(t *testing.T) {
+	m, err := testSchema.Decode(pack(t, map[string]any{
+		"t": "report", "nodeid": "a", "data": []byte{1}, "extra": map[string]any{"k": []any{1, "x"}}, "list": []any{"y"},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Fields["extra"]; got != (Nested{Map: true, Len: 1}) {
+		t.Fatalf("extra = %#v", got)
+	}
+	if got := m.Fields["list"]; got != (Nested{Len: 1}) || !List.matches(got) || Map.matches(got) {
+		t.Fatalf("list = %#v", got)
+	}
+	// What is nested is still validated.
+	// {"t": "ping", "extra": {"k": 0xc1}}: 0xc1 is never used in msgpack.
+	bad := append([]byte{0x82, 0xa1, 't', 0xa4, 'p', 'i', 'n', 'g', 0xa5, 'e', 'x', 't', 'r', 'a'}, 0x81, 0xa1, 'k', 0xc1)
+	if _, err := testSchema.Decode(bad[:len(bad)-1]); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("a truncated nested map: got %v", err)
+	}
+	if _, err := testSchema.Decode(bad); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("a bad nested value: got %v", err)
 	}
 }
 
@@ -136,6 +161,13 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		m, err := testSchema.Decode(payload)
+		// Decoding shallowly must accept exactly the msgpack a full decode accepts.
+		full, shallow := decoder{b: payload}, decoder{b: payload, shallow: true}
+		_, ferr := full.value(0)
+		_, serr := shallow.value(0)
+		if (ferr == nil) != (serr == nil) || full.off != shallow.off && ferr == nil {
+			t.Fatalf("shallow: %v at %d; full: %v at %d", serr, shallow.off, ferr, full.off)
+		}
 		if err != nil {
 			return
 		}
@@ -164,5 +196,65 @@ func FuzzReader(f *testing.F) {
 			}
 		}
 		t.Fatal("reader did not terminate")
+	})
+}
+
+func TestCutWaitsForWholeFrames(t *testing.T) {
+	stream, _ := Append(nil, []byte("abc"))
+	stream, _ = Append(stream, nil)
+	for i := 0; i < 7; i++ { // a header and less than a body: no frame yet
+		p, rest, err := Cut(stream[:i], 0)
+		if p != nil || err != nil || len(rest) != i {
+			t.Fatalf("%d bytes: got %q, %d left, %v", i, p, len(rest), err)
+		}
+	}
+	p, rest, err := Cut(stream, 0)
+	if err != nil || string(p) != "abc" || len(rest) != HeaderSize {
+		t.Fatalf("got %q, %d left, %v", p, len(rest), err)
+	}
+	if p, rest, err = Cut(rest, 0); err != nil || p == nil || len(p) != 0 || len(rest) != 0 {
+		t.Fatalf("empty frame: got %v, %d left, %v", p, len(rest), err)
+	}
+	if _, _, err = Cut(binary.BigEndian.AppendUint32(nil, 5), 4); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("over the cap: got %v", err)
+	}
+}
+
+// FuzzCut checks that cutting a stream frame by frame, as the supervisor does with
+// whatever its non-blocking reads return, yields exactly what Reader yields.
+func FuzzCut(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 1, 0xc0, 0, 0, 0, 0}, uint8(3))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff}, uint8(1))
+	f.Fuzz(func(t *testing.T, stream []byte, chunk uint8) {
+		step := int(chunk%16) + 1
+		r := NewReader(bytes.NewReader(stream), 64)
+		var buf []byte
+		for fed := 0; ; {
+			p, rest, err := Cut(buf, 64)
+			if err != nil {
+				if _, rerr := r.Next(); !errors.Is(rerr, ErrTooLarge) {
+					t.Fatalf("Cut: %v; Reader: %v", err, rerr)
+				}
+				return
+			}
+			if p != nil {
+				want, rerr := r.Next()
+				if rerr != nil || !bytes.Equal(p, want) {
+					t.Fatalf("Cut gave %x; Reader gave %x, %v", p, want, rerr)
+				}
+				buf = rest
+				continue
+			}
+			if fed == len(stream) {
+				_, rerr := r.Next()
+				if len(buf) == 0 && rerr != io.EOF || len(buf) > 0 && !errors.Is(rerr, ErrTruncated) {
+					t.Fatalf("%d bytes left over; Reader: %v", len(buf), rerr)
+				}
+				return
+			}
+			next := min(fed+step, len(stream))
+			buf = append(buf, stream[fed:next]...)
+			fed = next
+		}
 	})
 }
