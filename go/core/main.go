@@ -104,14 +104,20 @@ var (
 	sup   *supervisor.Supervisor
 )
 
-// oneP runs the Go runtime on one P. The supervisor's work is small and event-driven
-// (a few frames per test); with a P per CPU, idle Ms spin looking for work and wake
-// each other through futexes on the cores the tests need. Measured on 2000 trivial
-// tests with 2 CPUs: the main process's CPU time fell 14% (4.8 -> 4.15 s).
-var oneP sync.Once
+// procs fixes the Go runtime's P count. Three threads of this process sit in blocking
+// syscalls most of the time: the supervisor's loop (epoll_wait), the Python thread in
+// Poll (poll), the root zygote's reaper (wait4). A P in a syscall is retaken by sysmon
+// unless an idle P exists, and getting one back then costs futex wake-ups and thread
+// switches on the cores the tests need; so there is one P for each of them and a
+// spare. More is no use: nothing else runs (with a P per CPU, idle Ms also spun and
+// woke each other). Measured on 2000 trivial tests, 2 CPUs: the Go threads' CPU time
+// was ~0.8x the Python thread's with 1 or 2 Ps, ~0.6x with 4.
+const procs = 4
+
+var setProcs sync.Once
 
 func startSupervisor(in []byte) error {
-	oneP.Do(func() { runtime.GOMAXPROCS(1) })
+	setProcs.Do(func() { runtime.GOMAXPROCS(procs) })
 	var cfg supervisor.Config
 	if err := msgpack.Unmarshal(in, &cfg); err != nil {
 		return valueError{fmt.Errorf("decoding start config: %w", err)}

@@ -5,17 +5,15 @@
 // and queues one event per finished test for the Python side to replay into pytest's
 // hooks.
 //
-// All state is owned by one goroutine (run); connection readers, the root reaper and
-// the API only send it messages. The Python side polls for events.
+// All state is owned by one goroutine (run, loop.go), which also does every read and
+// write; the root's reaper and Stop hand it functions to call. The Python side polls
+// for events.
 package supervisor
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -52,14 +50,6 @@ type Config struct {
 
 // Event is what Poll returns, one map per event (encoded to msgpack by the caller).
 type Event map[string]any
-
-type conn struct {
-	c      net.Conn
-	role   string
-	id     int
-	out    chan []byte // frames to send; closed when the connection is dropped
-	closed bool
-}
 
 type input struct {
 	c   *conn
@@ -117,19 +107,23 @@ type zproc struct {
 type Supervisor struct {
 	cfg   Config
 	sched *sched.Scheduler
-	ln    *net.UnixListener
 
-	in      chan input
-	control chan func()
-	over    chan struct{} // closed when run() returns: control is no longer read
-	rootEnd chan exitInfo
+	// the loop (loop.go)
+	lnFD, epfd int
+	ctlFD      int // eventfd: ctlq has functions for run() to call
+	ctlMu      sync.Mutex
+	ctlq       []func()
+	ctlClosed  bool
 
-	mu     sync.Mutex
-	events []Event
-	wake   chan struct{}
-	ended  bool
+	mu      sync.Mutex
+	events  []Event
+	evFD    int // eventfd: events has something (Poll waits on it); -1 once closed
+	pollers int // Poll calls waiting on evFD
+	ended   bool
 
 	// owned by run()
+	conns         map[int]*conn // by fd
+	over          bool          // the run has ended: run() returns
 	tests         []*testRun
 	runners       map[int]*runnerProc
 	live          map[int]*runnerProc // runners not ended: what the timers look at
@@ -153,16 +147,9 @@ func Start(cfg Config) (*Supervisor, error) {
 	if cfg.Workers < 1 {
 		return nil, fmt.Errorf("workers must be >= 1, got %d", cfg.Workers)
 	}
-	f := os.NewFile(uintptr(cfg.ListenFD), "tach-listener")
-	l, err := net.FileListener(f)
-	f.Close() // FileListener dup'ed it
-	if err != nil {
-		return nil, fmt.Errorf("using listening socket fd %d: %w", cfg.ListenFD, err)
-	}
-	ul, ok := l.(*net.UnixListener)
-	if !ok {
-		l.Close()
-		return nil, fmt.Errorf("fd %d is not a unix socket listener", cfg.ListenFD)
+	if err := checkListener(cfg.ListenFD); err != nil {
+		unix.Close(cfg.ListenFD) // it was handed over: ours to close, even now
+		return nil, err
 	}
 	if cfg.KillGrace <= 0 {
 		cfg.KillGrace = 1
@@ -172,36 +159,38 @@ func Start(cfg Config) (*Supervisor, error) {
 		specs[i] = sched.Test{Chain: t.Chain, Duration: t.Duration, Batch: t.Batch, Alone: t.Alone}
 	}
 	s := &Supervisor{
-		cfg: cfg, sched: sched.New(specs, cfg.Workers, cfg.Persistent), ln: ul,
-		in: make(chan input, 256), control: make(chan func(), 8), over: make(chan struct{}), rootEnd: make(chan exitInfo, 1),
-		wake: make(chan struct{}, 1), tests: make([]*testRun, len(cfg.Tests)),
+		cfg: cfg, sched: sched.New(specs, cfg.Workers, cfg.Persistent), lnFD: cfg.ListenFD,
+		conns: map[int]*conn{}, tests: make([]*testRun, len(cfg.Tests)),
 		runners: map[int]*runnerProc{}, live: map[int]*runnerProc{}, waiting: map[int]*runnerProc{},
 		zygotes: map[int]*zproc{}, byPID: map[int]any{},
 		slots: make([]bool, cfg.Workers), zygFail: map[int]string{}, setupWait: map[int]time.Time{},
 	}
+	if err := s.newLoop(); err != nil {
+		unix.Close(cfg.ListenFD)
+		return nil, err
+	}
 	root := &zproc{id: 0, pid: cfg.RootPID, pidfd: openPidfd(cfg.RootPID)}
 	s.zygotes[0] = root
-	go s.accept()
 	go s.reapRoot()
 	go s.run()
 	return s, nil
 }
 
-// Poll waits up to timeout for events and returns those queued.
-func (s *Supervisor) Poll(timeout time.Duration) (evs []Event, ended bool) {
-	s.mu.Lock()
-	if len(s.events) == 0 && !s.ended {
-		s.mu.Unlock()
-		select {
-		case <-s.wake:
-		case <-time.After(timeout):
-		}
-		s.mu.Lock()
+// checkListener makes sure fd is a listening unix socket and makes it non-blocking.
+func checkListener(fd int) error {
+	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return fmt.Errorf("listening socket fd %d: %w", fd, err)
 	}
-	evs, s.events = s.events, nil
-	ended = s.ended && len(evs) == 0
-	s.mu.Unlock()
-	return evs, ended
+	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	if err != nil || domain != unix.AF_UNIX || listening != 1 {
+		return fmt.Errorf("fd %d is not a listening unix socket", fd)
+	}
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("listening socket fd %d: %w", fd, err)
+	}
+	return nil
 }
 
 // Stop modes.
@@ -248,65 +237,6 @@ func (s *Supervisor) abort() {
 	s.exitSent = true
 }
 
-func (s *Supervisor) send(f func()) {
-	// Once run() has ended there is nothing left to stop. (control is never closed:
-	// closing it raced with a concurrent send, which the race detector reported.)
-	select {
-	case s.control <- f:
-	case <-s.over:
-	}
-}
-
-func (s *Supervisor) emit(e Event) {
-	s.mu.Lock()
-	s.events = append(s.events, e)
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (s *Supervisor) accept() {
-	for {
-		c, err := s.ln.Accept()
-		if err != nil {
-			return // listener closed at the end of the run
-		}
-		cn := &conn{c: c, out: make(chan []byte, 64), id: -1}
-		go s.read(cn)
-		go s.write(cn)
-	}
-}
-
-func (s *Supervisor) read(cn *conn) {
-	// Buffered: a runner sends several small frames in a row.
-	r := wire.NewReader(bufio.NewReaderSize(cn.c, 16<<10), 0)
-	for {
-		p, err := r.Next()
-		if err != nil {
-			s.in <- input{c: cn, err: err}
-			return
-		}
-		m, err := schema.Decode(p)
-		if err != nil {
-			s.in <- input{c: cn, err: err}
-			return
-		}
-		s.in <- input{c: cn, msg: m, raw: p}
-	}
-}
-
-func (s *Supervisor) write(cn *conn) {
-	for b := range cn.out {
-		if _, err := cn.c.Write(b); err != nil {
-			for range cn.out {
-			}
-			return
-		}
-	}
-}
-
 func (s *Supervisor) reapRoot() {
 	var ws unix.WaitStatus
 	var ru unix.Rusage
@@ -319,37 +249,21 @@ func (s *Supervisor) reapRoot() {
 		if err != nil {
 			info.status = -1
 		}
-		s.rootEnd <- info
-		return
-	}
-}
-
-func (s *Supervisor) run() {
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case in := <-s.in:
-			s.handle(in)
-		case f := <-s.control:
-			f()
-		case info := <-s.rootEnd:
+		s.send(func() {
 			s.rootGone = true
 			s.rootExit = &info
 			s.zygoteGone(s.zygotes[0], info)
-		case now := <-tick.C:
-			s.checkTimers(now)
-		}
-		s.dispatch()
-		if s.maybeEnd() {
-			return
-		}
+		})
+		return
 	}
 }
 
 // maybeEnd finishes the run once every test is accounted for and the root is reaped;
 // it asks the root to exit when the work is done.
 func (s *Supervisor) maybeEnd() bool {
+	if s.over {
+		return true
+	}
 	if !s.rootGone {
 		if s.sched.Left() == 0 && !s.exitSent {
 			s.exitSent = true
@@ -368,12 +282,9 @@ func (s *Supervisor) maybeEnd() bool {
 			s.finish(t, "lost", "the run ended before the test finished", nil)
 		}
 	}
-	s.ln.Close()
-	s.mu.Lock()
-	s.ended = true
-	s.mu.Unlock()
-	s.emit(Event{"t": "end", "root_status": s.rootExit.status})
-	close(s.over)
+	s.over = true
+	s.closeLoop()
+	s.end(Event{"t": "end", "root_status": s.rootExit.status})
 	return true
 }
 
@@ -616,11 +527,7 @@ func (s *Supervisor) zygoteGone(z *zproc, info exitInfo) {
 }
 
 func (s *Supervisor) connEnded(cn *conn, err error) {
-	if !cn.closed {
-		cn.closed = true
-		close(cn.out)
-		cn.c.Close()
-	}
+	s.closeConn(cn)
 	if err != nil && !errors.Is(err, io.EOF) {
 		s.emit(Event{"t": "note", "msg": fmt.Sprintf("dropped a connection (%s %d): %v", cn.role, cn.id, err)})
 	}
@@ -689,11 +596,7 @@ func (s *Supervisor) closeRunner(r *runnerProc) {
 	delete(s.waiting, r.id)
 	closePidfd(&r.pidfd)
 	s.releaseSlot(r)
-	if r.conn != nil && !r.conn.closed {
-		r.conn.closed = true
-		close(r.conn.out)
-		r.conn.c.Close()
-	}
+	s.closeConn(r.conn)
 }
 
 func (s *Supervisor) releaseSlot(r *runnerProc) {
@@ -712,15 +615,7 @@ func (s *Supervisor) command(cn *conn, m map[string]any) {
 		s.emit(Event{"t": "note", "msg": "encoding a command: " + err.Error()})
 		return
 	}
-	select {
-	case cn.out <- b:
-	default:
-		// A process 64 commands behind is stuck; its deadline or its exit will tell.
-		go func() {
-			defer func() { recover() }()
-			cn.out <- b
-		}()
-	}
+	s.write(cn, b)
 }
 
 func (s *Supervisor) dispatch() {
