@@ -459,6 +459,11 @@ func (s *Supervisor) zygoteFrame(cn *conn, typ string, f map[string]any) {
 			if r, ok := s.runners[id]; ok && r.pid == 0 {
 				r.pid, r.pidfd = pid, openPidfd(pid)
 				s.byPID[pid] = r
+				if s.stopping && !r.ended {
+					// Forked for a run command sent before the stop: abort() could not
+					// signal it then. Left alone it would run its whole test.
+					signalPidfd(r.pidfd, unix.SIGUSR2)
+				}
 			}
 		case "zygote":
 			if z, ok := s.zygotes[id]; ok && z.pid == 0 {

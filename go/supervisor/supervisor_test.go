@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -359,6 +360,29 @@ func TestARestingConnectionOnlyTakesARunner(t *testing.T) {
 	}
 	if got := testEvents(s, test); got[test]["outcome"] != "ok" {
 		t.Fatalf("the test done before: %v", got[test])
+	}
+	s.Stop(StopKill)
+}
+
+// A runner that its zygote forks after the stop (for a run command sent before it)
+// is interrupted as soon as the supervisor learns its pid: abort() could not signal it.
+func TestAbortInterruptsARunnerForkedAfterIt(t *testing.T) {
+	s, path, root := start(t, 1, 1)
+	zyg := sessionZygote(t, path, root)
+	run := zyg.recv()
+	s.Stop(StopAbort)
+	if cmd := zyg.recv(); cmd["t"] != "exit" || cmd["teardown"] != true {
+		t.Fatalf("the zygote got %v, want exit with teardown", cmd)
+	}
+	proc := exec.Command("sleep", "60")
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proc.Process.Kill() })
+	runnerFor(t, path, zyg, run, proc.Process.Pid)
+	err := proc.Wait()
+	if ws, ok := proc.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGUSR2 {
+		t.Fatalf("the runner ended with %v, want killed by SIGUSR2 (the stop signal)", err)
 	}
 	s.Stop(StopKill)
 }
