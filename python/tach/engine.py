@@ -8,6 +8,7 @@ session and the supervisor's events.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -154,6 +155,10 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     def stop(mode: str) -> None:
         core.stop(msgpack.packb({"mode": mode}))
 
+    # The collected session is alive for the whole run: without this, every full
+    # collection during the replay walks it (2000 trivial tests: 90 ms of the main
+    # process's GC time, against 35 ms). Unfrozen below when the run ends.
+    gc.freeze()
     signal.signal(signal.SIGTERM, on_term)
     interrupted = False
     poll_req = msgpack.packb({"timeout_ms": 100})
@@ -199,6 +204,7 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
         finally:
             _drain(core, poll_req, deadline=time.monotonic() + 5)
     finally:
+        gc.unfreeze()
         signal.signal(signal.SIGTERM, old_term)
         shutil.rmtree(private, ignore_errors=True)
         _save_durations(config, history, result)
