@@ -823,6 +823,24 @@ def test_s_shows_output_live(pytester: pytest.Pytester) -> None:
     r.assert_outcomes(passed=1)
 
 
+def test_sequential_in_process_runs(pytester: pytest.Pytester) -> None:
+    """pytester's in-process runs, or any tool calling pytest.main() again, start the
+    engine again in the same process: nothing of an earlier run may be left (a finished
+    run once stayed registered in tach._core and the next one was refused)."""
+    pytester.makepyfile(test_two="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    driver = pytester.makepyfile(driver="""
+        import os, pytest
+        def run():
+            return int(pytest.main(["-q", "-p", "tach", "-p", "no:cacheprovider", "test_two.py"]))
+        codes = [run()]
+        fds = len(os.listdir("/proc/self/fd"))
+        codes += [run(), run()]
+        print("CODES", codes, "NEW-FDS", len(os.listdir("/proc/self/fd")) - fds)
+    """)
+    r = pytester.run(sys.executable, str(driver))
+    r.stdout.fnmatch_lines(["CODES [[]0, 0, 0[]] NEW-FDS 0"])
+
+
 def test_tach_report_lists_slowest_and_hungriest(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""
         import time

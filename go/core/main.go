@@ -30,6 +30,7 @@ import (
 	"github.com/tach-dev/tach/go/sysinfo"
 	"github.com/tach-dev/tach/go/wire"
 	"github.com/vmihailenco/msgpack/v5"
+	"golang.org/x/sys/unix"
 )
 
 // version is set by the build backend with -ldflags "-X main.version=...".
@@ -125,6 +126,9 @@ func startSupervisor(in []byte) error {
 	supMu.Lock()
 	defer supMu.Unlock()
 	if sup != nil {
+		if cfg.ListenFD > 0 {
+			unix.Close(cfg.ListenFD) // handed over: ours to close, refused or not
+		}
 		return errors.New("an engine run is already in progress in this process")
 	}
 	s, err := supervisor.Start(cfg)

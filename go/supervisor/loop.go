@@ -317,8 +317,9 @@ func (s *Supervisor) closeLoop() {
 	s.ctlMu.Unlock()
 }
 
-// Poll waits up to timeout for events and returns those queued. It waits in poll(2) on
-// an eventfd that emit signals, so no Go thread has to hand this one its work.
+// Poll waits up to timeout for events and returns those queued, and whether they are
+// the last (they include the end event). It waits in poll(2) on an eventfd that emit
+// signals, so no Go thread has to hand this one its work.
 func (s *Supervisor) Poll(timeout time.Duration) (evs []Event, ended bool) {
 	s.mu.Lock()
 	if len(s.events) == 0 && !s.ended && s.evFD >= 0 {
@@ -333,7 +334,11 @@ func (s *Supervisor) Poll(timeout time.Duration) (evs []Event, ended bool) {
 	if s.evFD >= 0 {
 		drain(s.evFD) // under mu: emit signals again for the next event
 	}
-	ended = s.ended && len(evs) == 0
+	// The end event is the last one queued, with ended set at once (end): ended means
+	// the caller now has every event. (Waiting for a Poll that returns none after the
+	// end kept a finished run registered in tach._core when the caller stopped at the
+	// end event, and the next in-process run was refused.)
+	ended = s.ended
 	if s.ended && s.pollers == 0 && s.evFD >= 0 {
 		unix.Close(s.evFD)
 		s.evFD = -1

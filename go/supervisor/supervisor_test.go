@@ -111,12 +111,15 @@ func collect(t *testing.T, s *Supervisor) map[int]Event {
 	out := map[int]Event{}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		evs, _ := s.Poll(50 * time.Millisecond)
+		evs, ended := s.Poll(50 * time.Millisecond)
 		for _, e := range evs {
 			switch e["t"] {
 			case "test":
 				out[e["idx"].(int)] = e
 			case "end":
+				if !ended {
+					t.Fatal("Poll returned the end event without saying the run ended")
+				}
 				return out
 			}
 		}
