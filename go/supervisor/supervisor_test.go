@@ -1,10 +1,12 @@
 package supervisor
 
 import (
+	"bytes"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -399,6 +401,56 @@ func TestCallGateRefusedWithoutACallLimit(t *testing.T) {
 	_ = r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := r.r.Next(); err == nil {
 		t.Fatal("a runner asking for a call turn without a call limit was answered")
+	}
+	s.Stop(StopKill)
+}
+
+// The supervisor reads non-blocking sockets in whatever pieces they give: a report
+// larger than a read and than one wake-up's read budget, written in pieces that also
+// split its header, arrives whole and in order with the frame after it.
+func TestFramesSplitAcrossReadsArriveWhole(t *testing.T) {
+	s, path, root := start(t, 1, 1)
+	zyg := sessionZygote(t, path, root)
+	r, test := runnerFor(t, path, zyg, zyg.recv(), 6_000_001)
+	report, err := encodeFrame(map[string]any{"t": "report", "test": test,
+		"data": map[string]any{"longrepr": strings.Repeat("x", 3*readBudget)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, _ := encodeFrame(map[string]any{"t": "done", "test": test, "maxrss": 1, "cpu": 0.0})
+	stream := append(append([]byte(nil), report...), done...)
+	for k := 0; len(stream) > 0; k++ {
+		n := min(len(stream), []int{1, 2, 5, 1000, readChunk + 1, 300_000}[k%6])
+		if _, err := r.c.Write(stream[:n]); err != nil {
+			t.Fatal(err)
+		}
+		stream = stream[n:]
+		if k < 12 {
+			time.Sleep(2 * time.Millisecond) // let the supervisor read the pieces apart
+		}
+	}
+	ev := testEvents(s, test)[test]
+	if ev == nil || ev["outcome"] != "ok" {
+		t.Fatalf("test event: %v", ev)
+	}
+	if fr := ev["frames"].([]any); len(fr) != 1 || !bytes.Equal(fr[0].([]byte), report[wire.HeaderSize:]) {
+		t.Fatalf("got %d frames, want the report byte for byte", len(fr))
+	}
+	s.Stop(StopKill)
+}
+
+// A connection that ends inside a frame sent a malformed frame: its test crashed.
+func TestAFrameCutShortByTheEndOfTheConnectionIsMalformed(t *testing.T) {
+	s, path, root := start(t, 1, 1)
+	zyg := sessionZygote(t, path, root)
+	r, test := runnerFor(t, path, zyg, zyg.recv(), 7_000_001)
+	report, _ := encodeFrame(map[string]any{"t": "report", "test": test, "data": map[string]any{}})
+	_, _ = r.c.Write(report[:len(report)-1])
+	r.c.Close()
+	zyg.send(map[string]any{"t": "exited", "pid": 7_000_001, "status": 0, "maxrss": 0, "utime": 0.0, "stime": 0.0})
+	ev := testEvents(s, test)[test]
+	if ev == nil || ev["outcome"] != "crashed" || ev["frame_error"] != true {
+		t.Fatalf("test event: %v", ev)
 	}
 	s.Stop(StopKill)
 }
