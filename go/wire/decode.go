@@ -28,8 +28,8 @@ type decoder struct {
 
 // Nested stands for a map or array inside a frame's top-level map, which Schema.Decode
 // validates but does not build: the supervisor reads no nested field (reports are
-// kept as the frame's bytes), and building a report's maps and strings was a fifth of
-// its CPU time.
+// kept as the frame's bytes), and building a report's maps and strings was a third of
+// the time spent decoding it.
 type Nested struct {
 	Map bool // a map (else an array)
 	Len int
