@@ -144,11 +144,13 @@ type Supervisor struct {
 
 // Start takes over cfg.ListenFD and starts supervising.
 func Start(cfg Config) (*Supervisor, error) {
+	// ListenFD is handed over: ours to close, even when the run cannot start.
 	if cfg.Workers < 1 {
+		unix.Close(cfg.ListenFD)
 		return nil, fmt.Errorf("workers must be >= 1, got %d", cfg.Workers)
 	}
 	if err := checkListener(cfg.ListenFD); err != nil {
-		unix.Close(cfg.ListenFD) // it was handed over: ours to close, even now
+		unix.Close(cfg.ListenFD)
 		return nil, err
 	}
 	if cfg.KillGrace <= 0 {
@@ -180,7 +182,7 @@ func Start(cfg Config) (*Supervisor, error) {
 func checkListener(fd int) error {
 	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err != nil {
-		return fmt.Errorf("listening socket fd %d: %w", fd, err)
+		return fmt.Errorf("fd %d is not a listening unix socket: %w", fd, err)
 	}
 	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
 	if err != nil || domain != unix.AF_UNIX || listening != 1 {

@@ -502,6 +502,22 @@ func TestCrashAndMalformedFrameAreClassified(t *testing.T) {
 	s.Stop(StopKill)
 }
 
+// Start takes over the fd it is given: a pipe is refused, and closed all the same.
+func TestStartRefusesWhatIsNotAListeningUnixSocket(t *testing.T) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[1])
+	_, err := Start(Config{ListenFD: p[0], Workers: 1})
+	if err == nil || !strings.Contains(err.Error(), "not a listening unix socket") {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(p[0]), unix.F_GETFD, 0); err != unix.EBADF {
+		t.Fatalf("the refused fd is still open (%v)", err)
+	}
+}
+
 func TestDescribeStatus(t *testing.T) {
 	cases := map[int]string{
 		0:                 "exited with code 0",
