@@ -88,10 +88,19 @@ func (s *Supervisor) run() {
 		n, err := unix.EpollWait(s.epfd, evs, ms)
 		if err != nil && err != unix.EINTR {
 			// Cannot happen with a valid epoll fd; if it does, nothing can be
-			// supervised: end the run rather than leave it hanging.
-			s.emit(Event{"t": "note", "msg": "epoll_wait: " + err.Error()})
+			// supervised: kill the run and end it when the reaper reports the root
+			// (its closure is picked up here, without epoll), rather than hang.
+			if !s.stopping {
+				s.emit(Event{"t": "note", "msg": "epoll_wait failed, stopping the run: " + err.Error()})
+			}
+			s.stopping = true
 			s.killAll()
 			time.Sleep(tickEvery)
+			s.runControl()
+			if s.over {
+				return
+			}
+			continue
 		}
 		for i := 0; i < n; i++ {
 			fd, ready := int(evs[i].Fd), evs[i].Events

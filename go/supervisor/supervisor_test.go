@@ -518,6 +518,16 @@ func TestStartRefusesWhatIsNotAListeningUnixSocket(t *testing.T) {
 	}
 }
 
+// If epoll_wait ever fails, the run is killed and still ends, every test accounted for.
+func TestABrokenEpollStillEndsTheRun(t *testing.T) {
+	s, _, _ := start(t, 1, 1)
+	s.send(func() { unix.Close(s.epfd); s.epfd = -1 })
+	evs := collect(t, s)
+	if e := evs[0]; e == nil || e["outcome"] != "lost" {
+		t.Fatalf("test event: %v", e)
+	}
+}
+
 func TestDescribeStatus(t *testing.T) {
 	cases := map[int]string{
 		0:                 "exited with code 0",
