@@ -176,21 +176,22 @@ func (d *decoder) arrayBody(n, depth int) (any, error) {
 	if n > d.remaining() {
 		return nil, fmt.Errorf("array of %d in %d bytes: %w", n, d.remaining(), errShort)
 	}
-	if d.skim(depth + 1) {
-		for i := 0; i < n; i++ {
-			if _, err := d.value(depth + 1); err != nil {
-				return nil, fmt.Errorf("array item %d: %w", i, err)
-			}
-		}
-		return Nested{Len: n}, nil
+	skim := d.skim(depth + 1)
+	var out []any
+	if !skim {
+		out = make([]any, n)
 	}
-	out := make([]any, n)
-	for i := range out {
+	for i := 0; i < n; i++ {
 		v, err := d.value(depth + 1)
 		if err != nil {
 			return nil, fmt.Errorf("array item %d: %w", i, err)
 		}
-		out[i] = v
+		if !skim {
+			out[i] = v
+		}
+	}
+	if skim {
+		return Nested{Len: n}, nil
 	}
 	return out, nil
 }
@@ -199,8 +200,9 @@ func (d *decoder) mapBody(n, depth int) (any, error) {
 	if n > d.remaining()/2 {
 		return nil, fmt.Errorf("map of %d in %d bytes: %w", n, d.remaining(), errShort)
 	}
+	skim := d.skim(depth + 1)
 	var out map[string]any
-	if !d.skim(depth + 1) {
+	if !skim {
 		out = make(map[string]any, n)
 	}
 	for i := 0; i < n; i++ {
@@ -216,11 +218,11 @@ func (d *decoder) mapBody(n, depth int) (any, error) {
 		if err != nil {
 			return nil, fmt.Errorf("map value for %q: %w", truncate(ks, 64), err)
 		}
-		if out != nil {
+		if !skim {
 			out[ks] = v
 		}
 	}
-	if out == nil {
+	if skim {
 		return Nested{Map: true, Len: n}, nil
 	}
 	return out, nil
