@@ -338,30 +338,26 @@ func (s *Supervisor) Poll(timeout time.Duration) (evs []Event, ended bool) {
 		waitReadable(fd, timeout)
 		s.mu.Lock()
 		s.pollers--
+		// Under mu: the eventfd is only signalled while a Poll waits (emit), so only
+		// one that waited has a signal to clear.
+		if s.evFD >= 0 {
+			drain(s.evFD)
+		}
 	}
 	evs, s.events = s.events, nil
-	if s.evFD >= 0 {
-		drain(s.evFD) // under mu: emit signals again for the next event
-	}
 	// The end event is the last one queued, with ended set at once (end): ended means
 	// the caller now has every event. (Waiting for a Poll that returns none after the
 	// end kept a finished run registered in tach._core when the caller stopped at the
 	// end event, and the next in-process run was refused.)
 	ended = s.ended
-	if s.ended && s.pollers == 0 && s.evFD >= 0 {
-		unix.Close(s.evFD)
-		s.evFD = -1
-	}
+	s.releaseEvFD()
 	s.mu.Unlock()
 	return evs, ended
 }
 
 func (s *Supervisor) emit(e Event) {
 	s.mu.Lock()
-	s.events = append(s.events, e)
-	if len(s.events) == 1 && s.pollers > 0 && s.evFD >= 0 {
-		signal(s.evFD) // Poll looks at events before it waits: only a waiting one needs this
-	}
+	s.queue(e)
 	s.mu.Unlock()
 }
 
@@ -369,16 +365,28 @@ func (s *Supervisor) emit(e Event) {
 // otherwise see the run ended without its end event.
 func (s *Supervisor) end(e Event) {
 	s.mu.Lock()
-	s.events = append(s.events, e)
 	s.ended = true
-	if s.evFD >= 0 {
-		signal(s.evFD)
-		if s.pollers == 0 {
-			unix.Close(s.evFD)
-			s.evFD = -1
-		}
-	}
+	s.queue(e)
+	s.releaseEvFD()
 	s.mu.Unlock()
+}
+
+// queue adds e for Poll and wakes a Poll that waits (under mu). One that does not
+// wait looks at the events first, so no signal is needed then.
+func (s *Supervisor) queue(e Event) {
+	s.events = append(s.events, e)
+	if len(s.events) == 1 && s.pollers > 0 && s.evFD >= 0 {
+		signal(s.evFD)
+	}
+}
+
+// releaseEvFD closes Poll's eventfd once the run has ended and no Poll waits on it
+// (under mu): whichever of end and the last waiting Poll comes later closes it.
+func (s *Supervisor) releaseEvFD() {
+	if s.ended && s.pollers == 0 && s.evFD >= 0 {
+		unix.Close(s.evFD)
+		s.evFD = -1
+	}
 }
 
 func waitReadable(fd int, timeout time.Duration) {
