@@ -488,9 +488,9 @@ class Zygote:
     # -- reusable test processes (--tach-reset snapshot) ----------------------------
     def offer(self, job: dict[str, Any], left: int) -> None:
         """Give a test to an idle reusable process (or one restoring itself, or about
-        to: it takes the test once restored); else fork a new reusable process when the `left` tests
-        this zygote still has, shared with the ones it has, pay for its snapshot; else
-        fork a process for this test alone."""
+        to: it takes the test once restored); else fork a new reusable process when the
+        `left` tests this zygote still has, shared with the ones it has, pay for its
+        snapshot; else fork a process for this test alone."""
         for wanted in ("idle", "restoring", "finishing"):
             for w in self.reusable.values():
                 if w.state == wanted and w.job is None:
