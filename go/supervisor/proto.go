@@ -16,6 +16,8 @@ import (
 //	exited  {pid, status, maxrss, utime, stime} a child was reaped (raw wait status, KiB, seconds)
 //	fail    {runner, message}                   a runner could not be started (e.g. fork failed)
 //	error   {message}                           an internal error; the zygote is exiting
+//	handover {test: -1, data}                   what plugins accumulated here (fixture setup
+//	                                            coverage, say), for the main process
 //
 // From a runner (its connection is opened by its zygote before the fork, or by a
 // reusable test process before its snapshot, for every runner it will be):
@@ -24,6 +26,8 @@ import (
 //	start   {test}                              the runner begins test (its deadline starts)
 //	report  {test, data}                        a serialized pytest report
 //	warning {test, data}                        a recorded warning
+//	handover {test, data}                       what plugins accumulated in this process for
+//	                                            the main process (coverage, say): before done
 //	await   {test}                              the final test waits to tear its zygotes down
 //	await_call {test}                           the test waits for a call turn (Config.CallLimit);
 //	                                            again after call_over if it is called again
@@ -47,6 +51,7 @@ var schema = wire.Schema{
 	"start":      {"test": wire.Int},
 	"report":     {"test": wire.Int, "data": wire.Map},
 	"warning":    {"test": wire.Int, "data": wire.Map},
+	"handover":   {"test": wire.Int, "data": wire.Map},
 	"await":      {"test": wire.Int},
 	"await_call": {"test": wire.Int},
 	"call_over":  {"test": wire.Int},

@@ -140,6 +140,7 @@ type Supervisor struct {
 	rootGone      bool
 	rootExit      *exitInfo
 	exitSent      bool
+	drained       bool // zygotes' sockets were read once more after the root was reaped
 }
 
 // Start takes over cfg.ListenFD and starts supervising.
@@ -277,6 +278,20 @@ func (s *Supervisor) maybeEnd() bool {
 		}
 		return false
 	}
+	if !s.drained {
+		// What zygotes wrote before the root was reaped (a last handover, say) may
+		// still sit in their sockets, behind the reaper's word that the root is gone:
+		// read it before the run ends. Reading steps, which comes back here.
+		s.drained = true
+		for _, z := range s.zygotes {
+			if z.conn != nil {
+				s.readFrom(z.conn)
+			}
+			if s.over {
+				return true
+			}
+		}
+	}
 	// The root is gone; anything of the run still alive in its process group dies now.
 	_ = unix.Kill(-s.cfg.RootPID, unix.SIGKILL)
 	for _, t := range s.tests {
@@ -317,7 +332,7 @@ func (s *Supervisor) handle(in input) {
 			s.runnerFrame(s.runners[cn.id], in)
 		}
 	case "zygote":
-		s.zygoteFrame(cn, in.msg.Type, in.msg.Fields)
+		s.zygoteFrame(cn, in)
 	}
 }
 
@@ -399,7 +414,7 @@ func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
 		if d := s.cfg.Tests[t.idx].Timeout; d > 0 {
 			t.deadline = t.started.Add(seconds(d))
 		}
-	case "report", "warning":
+	case "report", "warning", "handover":
 		t.frames = append(t.frames, in.raw)
 	case "await":
 		r.awaiting, t.pausedAt = t, time.Now()
@@ -441,7 +456,8 @@ func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
 	}
 }
 
-func (s *Supervisor) zygoteFrame(cn *conn, typ string, f map[string]any) {
+func (s *Supervisor) zygoteFrame(cn *conn, in input) {
+	typ, f := in.msg.Type, in.msg.Fields
 	switch typ {
 	case "ready":
 		id := asInt(f["id"])
@@ -491,6 +507,9 @@ func (s *Supervisor) zygoteFrame(cn *conn, typ string, f map[string]any) {
 		}
 	case "error":
 		s.zygFail[cn.id] = "internal error in the zygote: " + f["message"].(string)
+	case "handover":
+		// Replayed in the main process in the order it arrives; it belongs to no test.
+		s.emit(Event{"t": "handover", "frame": in.raw})
 	default:
 		s.connEnded(cn, fmt.Errorf("zygote sent %q", typ))
 	}

@@ -557,3 +557,58 @@ func TestSchemaRejectsWhatAPythonProcessMustNotSend(t *testing.T) {
 		}
 	}
 }
+
+func TestHandoverFramesReachTheMainProcess(t *testing.T) {
+	s, path, root := start(t, 1, 1)
+	rootConn := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": 0, "pid": root.Process.Pid})
+	zid := asInt(rootConn.recv()["id"])
+	zyg := dial(t, path, map[string]any{"t": "hello", "role": "zygote", "id": zid, "pid": os.Getpid()})
+	// A zygote hands over what its fixture setup accumulated, then is ready.
+	zyg.send(map[string]any{"t": "handover", "test": -1, "data": map[string]any{"cov": "setup"}})
+	zyg.send(map[string]any{"t": "ready", "id": zid})
+	r, test := runnerFor(t, path, zyg, zyg.recv(), 1_000_001)
+	r.send(map[string]any{"t": "report", "test": test, "data": map[string]any{"when": "call"}})
+	r.send(map[string]any{"t": "handover", "test": test, "data": map[string]any{"cov": "test"}})
+	r.send(map[string]any{"t": "done", "test": test, "maxrss": 1, "cpu": 0.0})
+	r.c.Close()
+	zyg.send(map[string]any{"t": "exited", "pid": 1_000_001, "status": 0, "maxrss": 1, "utime": 0.0, "stime": 0.0})
+	if cmd := zyg.recv(); cmd["t"] != "exit" {
+		t.Fatalf("zygote got %v", cmd)
+	}
+	// Its last words (a teardown after a stop, say) come right before the root ends.
+	zyg.send(map[string]any{"t": "handover", "test": -1, "data": map[string]any{"cov": "teardown"}})
+	zyg.c.Close()
+	if cmd := rootConn.recv(); cmd["t"] != "exit" {
+		t.Fatalf("root got %v", cmd)
+	}
+	_ = root.Process.Kill()
+	var zygoteData []string
+	var testFrames []any
+	deadline := time.Now().Add(10 * time.Second)
+	for ended := false; !ended; {
+		if time.Now().After(deadline) {
+			t.Fatal("the run did not end")
+		}
+		evs, _ := s.Poll(50 * time.Millisecond)
+		for _, e := range evs {
+			switch e["t"] {
+			case "handover":
+				v, err := wire.DecodeValue(e["frame"].([]byte))
+				if err != nil {
+					t.Fatal(err)
+				}
+				zygoteData = append(zygoteData, v.(map[string]any)["data"].(map[string]any)["cov"].(string))
+			case "test":
+				testFrames = e["frames"].([]any)
+			case "end":
+				ended = true
+			}
+		}
+	}
+	if strings.Join(zygoteData, ",") != "setup,teardown" {
+		t.Fatalf("zygote handovers: %v", zygoteData)
+	}
+	if len(testFrames) != 2 || !bytes.Contains(testFrames[1].([]byte), []byte("handover")) {
+		t.Fatalf("the test's frames: %d, want its report and its handover", len(testFrames))
+	}
+}
