@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from tach import plan, replay, zygote
+from tach import handover, plan, replay, zygote
 from tach.options import Settings
 
 DURATIONS_KEY = "tach/durations"
@@ -185,6 +185,8 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
                         tr = config.pluginmanager.get_plugin("terminalreporter")
                         if tr is not None:
                             tr.write_line(f"tach: {ev['msg']}")
+                elif t == "handover":  # from a zygote: fixture setup, or teardown after a stop
+                    handover.receive_frame(config, ev["frame"])
                 elif t == "abort" and abort is None:
                     abort = ev
                     stopping = True
@@ -208,6 +210,7 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
         signal.signal(signal.SIGTERM, old_term)
         shutil.rmtree(private, ignore_errors=True)
         _save_durations(config, history, result)
+        handover.run_finished(config)
     if interrupted or (abort is not None and abort.get("interrupt")):
         raise KeyboardInterrupt() from None
     if abort is not None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import tach
-from tach import options
+from tach import handover, options
 
 if TYPE_CHECKING:
     from tach.engine import RunResult
@@ -18,8 +18,13 @@ _FORWARDER = pytest.StashKey["object"]()
 _RESULT = pytest.StashKey["RunResult"]()
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    handover.add_hookspecs(pluginmanager)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.addoption(parser)
+    handover.addini(parser)
 
 
 @pytest.hookimpl(trylast=True)
@@ -40,6 +45,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_FORWARDER] = fw
     config.pluginmanager.register(fw, "tach-forwarder")
     _configure_stress(config, settings)
+    if settings.workers > 0:
+        from tach import covbridge
+
+        covbridge.register(config)
 
 
 def _resolve_reset(settings: options.Settings) -> options.Settings:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tach import frames
+from tach import frames, handover
 
 
 def serialize_warning(wm: warnings.WarningMessage) -> dict[str, Any]:
@@ -166,6 +166,9 @@ def replay(config: pytest.Config, item: pytest.Item, ev: dict[str, Any], fault_d
                 rep = config.hook.pytest_report_from_serializable(config=config, data=_fixup(msg["data"]))
                 if rep is None or getattr(rep, "nodeid", None) != item.nodeid:
                     raise ValueError("report for another test")
+            elif msg["t"] == "handover":
+                handover.receive(config, item, msg)
+                continue
             elif msg["t"] == "warning":
                 d = msg["data"]
                 config.hook.pytest_warning_recorded.call_historic(kwargs=dict(

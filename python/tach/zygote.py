@@ -40,7 +40,7 @@ from typing import Any, Callable
 import pytest
 from _pytest.outcomes import TEST_OUTCOME, Exit
 
-from tach import frames, gil
+from tach import frames, gil, handover
 from tach.forward import Forwarder
 from tach.plan import Level
 
@@ -316,6 +316,7 @@ class Zygote:
                 self.reap(fd)
             if msg.get("teardown"):
                 self.teardown()
+                self.handover()
             os._exit(0)
 
     def teardown(self) -> None:
@@ -380,9 +381,16 @@ class Zygote:
                 self.pending_out += out
                 self.pending_err += err
         if did_setup:
+            self.handover()
             _freeze()
             self.check_sockets()
         return did_setup
+
+    def handover(self) -> None:
+        """Send what plugins gathered in this zygote (its fixtures' coverage, say)."""
+        data, _ = handover.encode(self.ctx.session.config, None, -1)
+        for frame in data:
+            self.conn.sendall(frame)
 
     def make_serial(self, why: str) -> None:
         if not self.serial:
@@ -403,14 +411,17 @@ class Zygote:
     def push_level(self, tests: list[int]) -> None:
         """Push the collectors of the level this zygote stands for."""
         setupstate = self.ctx.session._setupstate
+        config = self.ctx.session.config
         for col in self.ctx.levels[tests[0]][self.depth - 1].push:
             if col in setupstate.stack:
                 continue
+            config.hook.pytest_tach_zygote_setup(config=config, node=col)
             setupstate.stack[col] = ([col.teardown], None)
             try:
                 col.setup()
             except TEST_OUTCOME as exc:  # as SetupState.setup: re-raised for each test
                 setupstate.stack[col] = (setupstate.stack[col][0], _stack_exc(exc))
+        self.handover()
         self.check_sockets()  # setup_module and friends may have connected
 
     # -- commands -----------------------------------------------------------------
@@ -421,7 +432,7 @@ class Zygote:
         pid = self._fork_or_fail("zygote", child)
         if pid == 0:
             try:
-                conn = self.enter_child()
+                conn = self.enter_child("zygote")
                 z = Zygote(self.ctx, conn, child, self.depth + 1, base)
                 z.fork_base = stack
                 z.serial = self.serial  # what made this zygote serial is inherited
@@ -471,7 +482,7 @@ class Zygote:
             self.keep_output(job)
         if pid == 0:
             try:
-                self.enter_child(keep=rconn)
+                self.enter_child("runner", keep=rconn)
                 r = Runner(self.ctx, rconn, runner, stack, self.teardown_base,
                            self.parametrized_fixtures(tests[0]), (job["out"], job["err"]))
                 r.serve(tests, bool(job["final"]), bool(job["persistent"]))
@@ -531,7 +542,7 @@ class Zygote:
         if pid == 0:
             try:
                 mine.close()
-                self.enter_child(keep=theirs)
+                self.enter_child("runner", keep=theirs)
                 self.serve_reusable(theirs, job)
             except BaseException:  # noqa: BLE001
                 _report_fatal(self.ctx, f"runner {runner}", runner)
@@ -703,9 +714,11 @@ class Zygote:
         self.children[fd] = pid
         self._watch(fd)
 
-    def enter_child(self, keep: socket.socket | None = None) -> socket.socket:
-        """Common setup right after fork in a child of this zygote."""
+    def enter_child(self, role: str, keep: socket.socket | None = None) -> socket.socket:
+        """Common setup right after fork in a child of this zygote (role: what it is,
+        zygote or runner)."""
         _die_with_parent(os.getppid())
+        handover.forked(self.ctx.session.config, role)
         for fd in self.children:
             os.close(fd)
         self.children.clear()
@@ -913,6 +926,9 @@ class Runner:
             except BaseException:  # noqa: BLE001 - internal errors
                 os.write(self.fault, traceback.format_exc().encode())
                 raise
+            # What plugins gathered during the test (its coverage, say) goes with its
+            # reports: this process is about to end or be restored.
+            fw.buffer += b"".join(handover.encode(ctx.session.config, item, index)[0])
             if k + 1 == len(tests) and self.before_last_done is not None:
                 self.before_last_done()
             fw.send({"t": "done", "test": index, "cpu": time.process_time() - cpu,
@@ -995,6 +1011,8 @@ def start_root(ctx: Context, own_group: bool = True) -> int:
             tr._tw = TerminalWriter(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
             config.pluginmanager.unregister(tr)
             config.pluginmanager.register(_SilentTerminal(tr), "terminalreporter")
+        handover.drop_main_only(config)
+        handover.forked(config, "zygote")
         _restart_capture(config)
         _immortalize_once(config)
         conn = _connect(ctx.sock_path)

@@ -1,0 +1,456 @@
+"""coverage.py under tach: what forked processes measure reaches the main process.
+
+coverage.py measures in every process tach forks (the tracer, or sys.monitoring, is
+inherited), but a forked process exits through ``os._exit`` and a reused one is
+restored after each test, so its measurements never reach a data file. This plugin,
+active whenever a ``coverage.Coverage`` is started in the main process (pytest-cov's,
+or ``coverage run``'s), moves them:
+
+* after a fork, each started Coverage's collector gets a :class:`Recorder` in place of
+  its data file, and forgets what it had not yet recorded (the parent records that);
+* a test process hands over what the test ran, per coverage context, with the test's
+  reports; a zygote what its fixtures' setup ran (:mod:`tach.hooks`);
+* the main process merges it and, before ``pytest_runtestloop`` returns (so before
+  pytest-cov combines and reports), adds it to that Coverage's data through
+  coverage.py's own ``CoverageData`` API, under the same contexts.
+
+The main process's own measurements (collection, imports) are untouched. Uses these
+coverage.py internals, stable since 5.0: ``Coverage._instances``, ``._collector``,
+``._data``, ``._inorout``; ``Collector.covdata``, ``.data``, ``.tracers``,
+``.flush_data()``, ``.switch_context()``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+KEY = "coverage"
+
+
+def started() -> list[Any]:
+    """The Coverage objects measuring in this process now, oldest first."""
+    cov_mod = sys.modules.get("coverage")
+    cls = getattr(cov_mod, "Coverage", None)
+    if cls is None:
+        return []
+    instances = getattr(cls, "_instances", None)
+    if instances is None:
+        current = cls.current()
+        instances = [current] if current is not None else []
+    return [c for c in instances if getattr(c, "_collector", None) is not None and getattr(c, "_started", True)]
+
+
+class Recorder:
+    """Takes a collector's flushed data in a forked process, in memory, in place of the
+    CoverageData it would write to disk; only the methods a Collector calls."""
+
+    def __init__(self, context: str | None) -> None:
+        self.base = context  # the context this process started in
+        self.context = context
+        self.lines: dict[str | None, dict[str, set[int]]] = {}
+        self.arcs: dict[str | None, dict[str, set[tuple[int, int]]]] = {}
+        self.tracers: dict[str, str] = {}
+        self.inherited_tracers: dict[str, str] = {}
+        self.unmatched: list[str] = []  # source packages not seen by the time of the fork
+        self.imported: set[str] = set()  # source packages imported by then
+
+    def set_context(self, context: str | None) -> str | None:
+        old, self.context = self.context, context
+        return old
+
+    def add_lines(self, line_data: dict[str, Iterable[int]]) -> None:
+        files = self.lines.setdefault(self.context, {})
+        for name, lines in line_data.items():
+            files.setdefault(name, set()).update(lines)
+
+    def add_arcs(self, arc_data: dict[str, Iterable[tuple[int, int]]]) -> None:
+        files = self.arcs.setdefault(self.context, {})
+        for name, arcs in arc_data.items():
+            files.setdefault(name, set()).update(arcs)
+
+    def add_file_tracers(self, file_tracers: dict[str, str]) -> None:
+        for name, plugin in file_tracers.items():
+            if self.inherited_tracers.get(name) != plugin:
+                self.tracers[name] = plugin
+
+    def clear(self) -> None:
+        self.lines, self.arcs, self.tracers = {}, {}, {}
+
+
+def _adopt(cov: Any) -> None:
+    """In a process just forked: record in memory, starting from nothing."""
+    collector = cov._collector
+    rec = collector.covdata
+    if not isinstance(rec, Recorder):
+        rec = Recorder(getattr(rec, "_current_context", None))
+        collector.covdata = rec
+        # Nothing in a forked process may touch the data file: coverage.py would take
+        # it for its own after a fork and erase it (CoverageData._start_using), and
+        # under `coverage run` without -p it is the main process's file.
+        from coverage.data import CoverageData
+
+        cov._data = CoverageData(no_disk=True)
+        cov._auto_save = False
+        cov._warn_no_data = False
+        cov._warn_unimported_source = False
+    rec.clear()
+    rec.context = rec.base
+    rec.inherited_tracers = dict(getattr(collector, "file_tracers", {}))
+    # The parent records (or has handed over) what it measured but had not flushed.
+    for data in collector.data.values():
+        data.clear()
+    for tracer in collector.tracers:
+        if hasattr(tracer, "reset_activity"):
+            tracer.reset_activity()
+    inorout = getattr(cov, "_inorout", None)
+    if inorout is not None:
+        rec.unmatched = list(getattr(inorout, "source_pkgs_unmatched", []))
+        rec.imported = {p for p in getattr(inorout, "source_pkgs", []) if p in sys.modules}
+
+
+def _take(cov: Any) -> dict[str, Any] | None:
+    """What this process measured since the fork or the last take, as plain data."""
+    collector = cov._collector
+    rec = collector.covdata
+    if not isinstance(rec, Recorder):
+        return None
+    collector.flush_data()
+    payload: dict[str, Any] = {"id": id(cov)}
+    if rec.lines:
+        payload["lines"] = [[ctx, {f: list(ls) for f, ls in files.items()}]
+                            for ctx, files in rec.lines.items()]
+    if rec.arcs:
+        payload["arcs"] = [[ctx, {f: [n for arc in arcs for n in arc] for f, arcs in files.items()}]
+                           for ctx, files in rec.arcs.items()]
+    if rec.tracers:
+        payload["tracers"] = rec.tracers
+        rec.inherited_tracers.update(rec.tracers)
+    inorout = getattr(cov, "_inorout", None)
+    if inorout is not None:
+        now = getattr(inorout, "source_pkgs_unmatched", [])
+        matched = [p for p in rec.unmatched if p not in now]
+        if matched:
+            payload["matched"] = matched
+            rec.unmatched = list(now)
+        files = {}
+        for pkg in getattr(inorout, "source_pkgs", []):
+            mod = sys.modules.get(pkg)
+            if pkg not in rec.imported and mod is not None and isinstance(getattr(mod, "__file__", None), str):
+                files[pkg] = mod.__file__
+                rec.imported.add(pkg)
+        if files:
+            payload["pkg_files"] = files
+    rec.clear()
+    return payload if len(payload) > 1 else None
+
+
+class Merged:
+    """Everything forked processes measured for one Coverage of the main process."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str | None, dict[str, set[int]]] = {}
+        self.arcs: dict[str | None, dict[str, set[tuple[int, int]]]] = {}
+        self.tracers: dict[str, str] = {}
+        self.matched: set[str] = set()
+        self.pkg_files: dict[str, str] = {}
+
+    def add(self, payload: dict[str, Any]) -> None:
+        """Merge one payload; what is not of the expected shape is skipped (it comes from
+        a process that runs the tests' code)."""
+        for ctx, files in _contexts(payload.get("lines")):
+            target = self.lines.setdefault(ctx, {})
+            for name, nums in files.items():
+                if isinstance(name, str) and isinstance(nums, list):
+                    target.setdefault(name, set()).update(n for n in nums if type(n) is int)
+        for ctx, files in _contexts(payload.get("arcs")):
+            target_arcs = self.arcs.setdefault(ctx, {})
+            for name, flat in files.items():
+                if (isinstance(name, str) and isinstance(flat, list) and len(flat) % 2 == 0
+                        and all(type(n) is int for n in flat)):
+                    target_arcs.setdefault(name, set()).update(zip(flat[::2], flat[1::2], strict=True))
+        tracers = payload.get("tracers")
+        if isinstance(tracers, dict):
+            self.tracers.update({k: v for k, v in tracers.items() if isinstance(k, str) and isinstance(v, str)})
+        matched = payload.get("matched")
+        if isinstance(matched, list):
+            self.matched.update(p for p in matched if isinstance(p, str))
+        pkg_files = payload.get("pkg_files")
+        if isinstance(pkg_files, dict):
+            self.pkg_files.update({k: v for k, v in pkg_files.items() if isinstance(k, str) and isinstance(v, str)})
+
+
+def _contexts(value: Any) -> Iterable[tuple[str | None, dict[Any, Any]]]:
+    if not isinstance(value, list):
+        return
+    for entry in value:
+        if (isinstance(entry, list) and len(entry) == 2 and (entry[0] is None or isinstance(entry[0], str))
+                and isinstance(entry[1], dict)):
+            yield entry[0], entry[1]
+
+
+def _write(cov: Any, merged: Merged) -> None:
+    """Add what forked processes measured to cov's data, under their contexts."""
+    inorout = getattr(cov, "_inorout", None)
+    if inorout is not None and merged.matched:
+        # Before pytest-cov saves: coverage.py warns about source packages it never saw.
+        unmatched = getattr(inorout, "source_pkgs_unmatched", None)
+        if isinstance(unmatched, list):
+            unmatched[:] = [p for p in unmatched if p not in merged.matched]
+    if not (merged.lines or merged.arcs):
+        return
+    data = cov._data if cov._data is not None else cov.get_data()
+    # The collector flushes what the main process measures into the current context
+    # later on: put it back afterwards.
+    current = getattr(data, "_current_context", None)
+    try:
+        for ctx, files in merged.lines.items():
+            data.set_context(ctx)
+            data.add_lines(files)
+        for ctx, arc_files in merged.arcs.items():
+            data.set_context(ctx)
+            data.add_arcs(arc_files)
+    finally:
+        data.set_context(current)
+    measured = set(data.measured_files())
+    tracers = {f: p for f, p in merged.tracers.items() if f in measured}
+    if tracers:
+        data.add_file_tracers(tracers)
+    _touch_unexecuted(cov, data, merged.pkg_files)
+
+
+def _touch_unexecuted(cov: Any, data: Any, pkg_files: dict[str, str]) -> None:
+    """Source packages imported only in forked processes: list their files that never
+    ran, as coverage.py does at save time for the packages it finds in sys.modules (in
+    the main process it finds none of these)."""
+    inorout = getattr(cov, "_inorout", None)
+    find = getattr(inorout, "_find_executable_files", None)
+    if find is None:
+        return
+    from coverage.inorout import canonical_path
+    from coverage.python import source_for_file
+
+    for pkg, filename in pkg_files.items():
+        if pkg in sys.modules or pkg not in getattr(inorout, "source_pkgs", []):
+            continue
+        # The path came from a test process: only the package's own directory.
+        tail = pkg.replace(".", os.sep)
+        if not (filename.endswith(os.path.join(tail, "__init__.py")) or filename.endswith(tail + ".py")):
+            continue
+        by_plugin: dict[str | None, list[str]] = {}
+        for path, plugin in find(canonical_path(source_for_file(filename))):
+            by_plugin.setdefault(plugin, []).append(cov._file_mapper(path))
+        for plugin, paths in by_plugin.items():
+            data.touch_files(paths, plugin)
+
+
+class CoverageBridge:
+    """The plugin (registered as ``tach-coverage`` when coverage.py is imported)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.merged: dict[int, Merged] = {}
+
+    # -- forked processes ---------------------------------------------------------
+    def pytest_tach_forked(self, config: pytest.Config, role: str) -> None:
+        for cov in started():
+            _adopt(cov)
+
+    def pytest_tach_handover(self, config: pytest.Config, item: pytest.Item | None,
+                             output: dict[str, Any]) -> None:
+        payloads = []
+        for cov in started():
+            payload = _take(cov)
+            if item is None:  # a zygote: what runs next belongs to no test's setup
+                rec = cov._collector.covdata
+                if isinstance(rec, Recorder):
+                    rec.set_context(rec.base)
+            if payload is not None:
+                payloads.append(payload)
+        if payloads:
+            output[KEY] = payloads
+
+    # -- the main process ---------------------------------------------------------
+    def pytest_tach_handover_received(self, config: pytest.Config, item: pytest.Item | None,
+                                      output: dict[str, Any]) -> None:
+        payloads = output.get(KEY)
+        if not isinstance(payloads, list):
+            return
+        for payload in payloads:
+            if isinstance(payload, dict) and type(payload.get("id")) is int:
+                self.merged.setdefault(payload["id"], Merged()).add(payload)
+
+    def pytest_tach_run_finished(self, config: pytest.Config) -> None:
+        merged, self.merged = self.merged, {}
+        if not merged:
+            return
+        mine = started()
+        by_id = {id(c): c for c in mine}
+        for cov_id, m in merged.items():
+            # Measured by a Coverage this process started (a forked process inherits
+            # it), or by one a forked process started itself ([run] patch = fork).
+            cov = by_id.get(cov_id) or (mine[-1] if mine else None)
+            if cov is not None:
+                _write(cov, m)
+
+
+class TestContexts:
+    """pytest-cov's ``--cov-context=test`` labels each line with the tests and phases
+    that ran it (``nodeid|setup``, ``|run``, ``|teardown``). In a plain run a fixture of
+    a higher scope is set up in the setup of the first test (in collection order) that
+    needs it, and torn down in the teardown of the last test of its scope; under tach a
+    zygote sets it up outside any test, or the test that happens to tear it down is
+    another. This plugin, in forked processes, labels such work as a plain run would."""
+
+    def __init__(self, pluginmanager: pytest.PytestPluginManager) -> None:
+        self.pluginmanager = pluginmanager
+        self.items: list[pytest.Item] = []
+        #: (id of the FixtureDef, its scope node's nodeid, parameter index) -> first test
+        self.first_fixture: dict[tuple[int, str, int], int] = {}
+        self.first_under: dict[Any, int] = {}  # collector -> first test under it
+        self.last_under: dict[Any, int] = {}  # collector -> last test under it
+        self.current: pytest.Item | None = None  # the test whose protocol runs here
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        from tach.plan import _fixturedefs, _scope_node
+
+        self.items = list(session.items)
+        for i, item in enumerate(self.items):
+            for node in item.listchain()[:-1]:
+                self.first_under.setdefault(node, i)
+                self.last_under[node] = i
+            defs = _fixturedefs(item)
+            if not defs:
+                continue
+            indices = getattr(getattr(item, "callspec", None), "indices", {})
+            for name in item.fixturenames:
+                fds = defs.get(name)
+                if not fds or fds[-1].scope == "function":
+                    continue
+                node = _scope_node(item, fds[-1])
+                if node is not None:
+                    self.first_fixture.setdefault((id(fds[-1]), node.nodeid, indices.get(name, 0)), i)
+
+    def _recorder(self) -> tuple[Any, Any, Recorder] | None:
+        """pytest-cov's context plugin, its collector and that collector's Recorder: in
+        a forked process with pytest-cov's contexts on; else None."""
+        plugin = self.pluginmanager.get_plugin("_cov_contexts")
+        cov = getattr(getattr(plugin, "cov_controller", None), "cov", None)
+        collector = getattr(cov, "_collector", None)
+        rec = getattr(collector, "covdata", None)
+        return (plugin, collector, rec) if isinstance(rec, Recorder) else None
+
+    def _switch(self, item: pytest.Item, when: str) -> Any:
+        """Label what runs from now on as item's phase `when` (pytest-cov's own label);
+        returns a function that puts the previous label back, or None where there is
+        nothing to do."""
+        found = self._recorder()
+        if found is None:
+            return None
+        plugin, collector, rec = found
+        old = rec.context
+        plugin.switch_context(item, when)
+        _restart_sysmon(collector)
+
+        def restore() -> None:
+            collector.flush_data()
+            rec.set_context(old)
+
+        return restore
+
+    def pytest_tach_forked(self, config: pytest.Config, role: str) -> None:
+        found = self._recorder()
+        if found is not None and _uses_sysmon(found[1]):
+            # Contexts are complete here (see _restart_sysmon): coverage.py's warning
+            # that they are not would be false, and repeated by every test process.
+            cov = found[0].cov_controller.cov
+            slugs = getattr(cov, "_no_warn_slugs", None)
+            if isinstance(slugs, set):
+                if not slugs:  # coverage.py fills it from the config at its first warning
+                    slugs.update(getattr(cov.config, "disable_warnings", []))
+                slugs.add("no-sysmon-context")
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Any:
+        self._restart_for_phase()
+        yield
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        self._restart_for_phase()
+        yield
+
+    def _restart_for_phase(self) -> None:
+        found = self._recorder()
+        if found is not None:
+            _restart_sysmon(found[1])
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Any:
+        self.current = item
+        yield
+        self.current = None
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Any:
+        restore = None
+        if fixturedef.scope != "function" and self.first_fixture:
+            try:
+                key = (id(fixturedef), request.node.nodeid, getattr(request, "param_index", 0))
+            except Exception:  # noqa: BLE001 - a request pytest could not place
+                key = None
+            first = self.first_fixture.get(key) if key else None
+            if first is not None and self.items[first] is not self.current:
+                restore = self._switch(self.items[first], "setup")
+        yield
+        if restore is not None:
+            restore()
+
+    def pytest_tach_zygote_setup(self, config: pytest.Config, node: pytest.Collector) -> None:
+        first = self.first_under.get(node)
+        if first is not None:
+            self._switch(self.items[first], "setup")  # a zygote's handover puts it back
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Any) -> Any:
+        """Each scope this teardown ends is labelled as the teardown of the last test
+        under it: a finalizer appended to a node's list runs first of its own."""
+        self._restart_for_phase()
+        if self.last_under and self._recorder() is not None:
+            stack = item.session._setupstate.stack
+            keep = set(nextitem.listchain()) if nextitem is not None else set()
+            for node, (finalizers, _) in list(stack.items()):
+                if node is item or node in keep:
+                    continue
+                last = self.last_under.get(node)
+                target = self.items[last] if last is not None else item
+                finalizers.append(lambda target=target: self._switch(target, "teardown"))
+        yield
+
+
+def _uses_sysmon(collector: Any) -> bool:
+    return any(type(t).__name__ == "SysMonitor" for t in getattr(collector, "tracers", []))
+
+
+def _restart_sysmon(collector: Any) -> None:
+    """coverage.py's sys.monitoring core (PEP 669) records a line once and then disables
+    its event there, for good; so it cannot tell which tests ran a line (it warns that
+    contexts are incomplete). Every test runs in a process of its own under tach: turning
+    the events back on as each phase begins makes each line the phase runs fire once
+    more, under its context. One callback per distinct line per phase."""
+    if _uses_sysmon(collector):
+        sys.monitoring.restart_events()  # type: ignore[attr-defined,unused-ignore] - 3.12+
+
+
+def register(config: pytest.Config) -> None:
+    """Register the bridge when coverage.py is in use (imported: pytest-cov imports it
+    when --cov is given; `coverage run` before pytest starts)."""
+    if "coverage" not in sys.modules:
+        return
+    config.pluginmanager.register(CoverageBridge(config), "tach-coverage")
+    if getattr(config.option, "cov_context", None) == "test":
+        config.pluginmanager.register(TestContexts(config.pluginmanager), "tach-coverage-contexts")

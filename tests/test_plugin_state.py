@@ -1,0 +1,88 @@
+"""Plugins that keep state in the processes tach forks, or that must act in the main
+process alone: each behaves as in a plain run (tach's handover hooks, hooks.py)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+MODES = ["test", "module", "none"]
+
+
+def _reportlog_entries(path: Path) -> Counter[tuple[str, str, str, str]]:
+    """Each line of a report log, without what differs from run to run (durations,
+    timestamps, the pytest version line's contents)."""
+    out: Counter[tuple[str, str, str, str]] = Counter()
+    for line in path.read_text().splitlines():
+        doc = json.loads(line)
+        kind = doc["$report_type"]
+        if doc.get("nodeid", "").startswith("runpytest-"):
+            continue  # pytester's --basetemp of each run, collected as a directory
+        if kind == "WarningMessage":
+            out[(kind, doc.get("nodeid", ""), doc.get("when", ""), doc.get("message", ""))] += 1
+        else:
+            out[(kind, doc.get("nodeid", ""), doc.get("when", ""), doc.get("outcome", ""))] += 1
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reportlog_writes_each_report_once(pytester: pytest.Pytester, mode: str) -> None:
+    """pytest-reportlog writes a line per report: the forked processes used to write
+    every report through the inherited file, and the main process again on replay."""
+    pytest.importorskip("pytest_reportlog")
+    pytester.makepyfile(test_log="""
+        import warnings
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def shared():
+            return 1
+
+        def test_pass(shared):
+            pass
+
+        def test_fail(shared):
+            assert shared == 2
+
+        def test_warns():
+            warnings.warn(UserWarning("careful"))
+
+        @pytest.mark.skip(reason="no")
+        def test_skip():
+            pass
+    """)
+    plain, tached = pytester.path / "plain.jsonl", pytester.path / "tach.jsonl"
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--report-log={plain}")
+    r = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "--tach-isolate", mode,
+                                      f"--report-log={tached}")
+    r.assert_outcomes(passed=2, failed=1, skipped=1, warnings=1)
+    expected = _reportlog_entries(plain)
+    assert sum(expected.values()) > 10  # session start/finish, 12 reports, a warning
+    assert _reportlog_entries(tached) == expected
+
+
+def test_main_only_plugins_ini_unregisters_a_plugin_from_forked_processes(pytester: pytest.Pytester) -> None:
+    """tach_main_only_plugins: a plugin that writes a line per report (to a file it
+    opened in the main process) writes each report once, from the main process."""
+    pytester.makeconftest("""
+        import os
+
+        class Writer:
+            def __init__(self, path):
+                self.f = open(path, "a", buffering=1)
+
+            def pytest_runtest_logreport(self, report):
+                self.f.write(f"{os.getpid()} {report.nodeid} {report.when}\\n")
+
+        def pytest_configure(config):
+            config.pluginmanager.register(Writer("reports.txt"), "report-writer")
+    """)
+    pytester.makepyfile(test_x="def test_a(): pass\ndef test_b(): pass\n")
+    pytester.makeini("[pytest]\ntach_main_only_plugins = report-writer\n")
+    r = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider")
+    r.assert_outcomes(passed=2)
+    lines = (pytester.path / "reports.txt").read_text().splitlines()
+    assert len(lines) == 6 and len({line.split()[0] for line in lines}) == 1, lines
