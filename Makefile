@@ -3,7 +3,8 @@
 # $(TACH_CACHE) and Go's own caches, and is reused when present.
 #
 #   make demo        set up and run tach on the bundled example suite
-#   make test        everything CI runs: Go checks + pytest on this CPython and on 3.13t
+#   make test        everything CI runs: Go checks + pytest on this CPython, on every other
+#                    CPython pyenv has (3.10, 3.12, 3.13 here) and on 3.13t
 #   make python-ft   build (or reuse) the free-threaded CPython
 #   make dev         editable install into the env of $(PYTHON)
 #   make ext         rebuild the Go extension in place (after `make dev`)
@@ -18,13 +19,18 @@ PYTHON ?= python3
 GO ?= go
 TACH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tach
 PYTEST_ARGS ?=
+# The other CPythons the whole suite runs on (pyenv's; one per minor version, the one
+# $(PYTHON) is skipped): coverage.py's sys.monitoring core needs 3.12+, and tach
+# claims 3.10 to 3.13.
+PYENV_ROOT ?= $(HOME)/.pyenv
+MORE_PYTHONS ?= $(sort $(wildcard $(PYENV_ROOT)/versions/3.1[0-9].*/bin/python3))
 # Never let a `go` command download another toolchain behind our back.
 export GOTOOLCHAIN := local
 export TACH_CACHE
 
-.PHONY: test go-check py-test py-test-ft python-ft demo dev ext bench parity clean
+.PHONY: test go-check py-test py-test-more py-test-ft python-ft demo dev ext bench parity clean
 
-test: go-check py-test py-test-ft
+test: go-check py-test py-test-more py-test-ft
 	@echo "make test: all checks passed"
 
 go-check:
@@ -38,6 +44,17 @@ py-test:
 	py=$$(build/venv.sh $(PYTHON)); \
 	echo "== pytest on $$($$py -c 'import sys; print(sys.version.split()[0])')"; \
 	$$py -m pytest tests $(PYTEST_ARGS)
+
+py-test-more:
+	@mine=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); seen=" $$mine "; \
+	for base in $(MORE_PYTHONS); do \
+		v=$$($$base -c 'import sys; print("%d.%d" % sys.version_info[:2])') || continue; \
+		case "$$seen" in *" $$v "*) continue;; esac; seen="$$seen$$v "; \
+		py=$$(build/venv.sh $$base); \
+		echo "== pytest on $$($$py -c 'import sys; print(sys.version.split()[0])')"; \
+		$$py -m pytest tests $(PYTEST_ARGS) || exit 1; \
+	done; \
+	if [ "$$seen" = " $$mine " ]; then echo "py-test-more: no other CPython under $(PYENV_ROOT)/versions"; fi
 
 python-ft:
 	@build/python-ft.sh

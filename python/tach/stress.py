@@ -224,8 +224,11 @@ def summarize(failures: list[tuple[int, int, BaseException]], n: int, iters: int
     firsts: dict[type, BaseException] = {}
     for t, i, e in failures:
         if type(e) not in firsts:
+            note = f"(first {type(e).__name__}: thread {t}, iteration {i})"
             if hasattr(e, "add_note"):  # Python >= 3.11
-                e.add_note(f"(first {type(e).__name__}: thread {t}, iteration {i})")
+                e.add_note(note)
+            else:  # 3.10: the exceptiongroup backport pytest uses prints __notes__ too
+                e.__notes__ = [*getattr(e, "__notes__", []), note]  # type: ignore[attr-defined]
             firsts[type(e)] = e
     kinds = ", ".join(f"{name} x{count}" for name, count in counts.most_common())
     msg = (f"{len(failures)} of {n * iters} calls failed ({n} threads x {iters} iterations): "
