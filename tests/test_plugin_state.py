@@ -86,3 +86,31 @@ def test_main_only_plugins_ini_unregisters_a_plugin_from_forked_processes(pytest
     r.assert_outcomes(passed=2)
     lines = (pytester.path / "reports.txt").read_text().splitlines()
     assert len(lines) == 6 and len({line.split()[0] for line in lines}) == 1, lines
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_failed_subtests_fail_their_test(pytester: pytest.Pytester, mode: str) -> None:
+    """pytest >= 9's subtests: the test of a failed subtest fails (it was reported passed:
+    pytest counts failed subtests where the test ran, and reads the count where its
+    report is logged)."""
+    pytest.importorskip("_pytest.subtests")
+    pytester.makepyfile(test_sub="""
+        def test_two_fail(subtests):
+            for i in range(4):
+                with subtests.test(i=i):
+                    assert i % 2 == 0
+
+        def test_all_pass(subtests):
+            with subtests.test("fine"):
+                pass
+
+        def test_plain():
+            pass
+    """)
+    from conftest import run_both
+
+    plain, tached = run_both(pytester, tach_args=("--tach-isolate", mode))
+    assert plain["test_sub::test_two_fail"] == "failed"
+    assert tached == plain
+    r = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "--tach-isolate", mode)
+    r.stdout.fnmatch_lines(["SUBFAILED(i=1) *", "*contains 2 failed subtests*", "*3 failed, 2 passed*"])

@@ -75,8 +75,9 @@ def pytest_tach_handover(config: pytest.Config, item: pytest.Item | None,
 def pytest_tach_handover_received(config: pytest.Config, item: pytest.Item | None,
                                   output: dict[str, Any]) -> None:
     """Called in the main process with ``output`` as a forked process filled it in
-    :func:`pytest_tach_handover`. ``item`` is the test it came with (its reports have
-    been replayed just before), or ``None`` when a zygote sent it.
+    :func:`pytest_tach_handover`. ``item`` is the test it came with (called before the
+    test's reports are replayed, so that they find the state in place), or ``None`` when
+    a zygote sent it.
 
     ``output`` comes from a process running the tests' code: check its shape before
     using it, and never import or execute anything it names.

@@ -46,9 +46,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(fw, "tach-forwarder")
     _configure_stress(config, settings)
     if settings.workers > 0:
-        from tach import covbridge
+        from tach import covbridge, pluginstate
 
         covbridge.register(config)
+        pluginstate.register(config)
 
 
 def _resolve_reset(settings: options.Settings) -> options.Settings:

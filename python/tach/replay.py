@@ -157,6 +157,12 @@ def replay(config: pytest.Config, item: pytest.Item, ev: dict[str, Any], fault_d
     location = next((tuple(m["data"]["location"]) for m in msgs
                      if m.get("t") == "report" and isinstance(m.get("data", {}).get("location"), list)),
                     None) or item.location
+    # What plugins handed over goes first: the test has ended, and a plugin may need its
+    # state when the reports are logged (pytest's subtests fail a test whose subtests
+    # failed when its call report is logged, from a count kept where the test ran).
+    for msg in msgs:
+        if msg.get("t") == "handover":
+            handover.receive(config, item, msg)
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=location)
     whens: list[str] = []
     failed_phase = False
@@ -166,9 +172,6 @@ def replay(config: pytest.Config, item: pytest.Item, ev: dict[str, Any], fault_d
                 rep = config.hook.pytest_report_from_serializable(config=config, data=_fixup(msg["data"]))
                 if rep is None or getattr(rep, "nodeid", None) != item.nodeid:
                     raise ValueError("report for another test")
-            elif msg["t"] == "handover":
-                handover.receive(config, item, msg)
-                continue
             elif msg["t"] == "warning":
                 d = msg["data"]
                 config.hook.pytest_warning_recorded.call_historic(kwargs=dict(
