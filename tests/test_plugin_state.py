@@ -114,3 +114,43 @@ def test_failed_subtests_fail_their_test(pytester: pytest.Pytester, mode: str) -
     assert tached == plain
     r = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "--tach-isolate", mode)
     r.stdout.fnmatch_lines(["SUBFAILED(i=1) *", "*contains 2 failed subtests*", "*3 failed, 2 passed*"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_benchmark_results_reach_the_table_and_json(pytester: pytest.Pytester, mode: str) -> None:
+    """pytest-benchmark: the table and --benchmark-json list every benchmark, in the
+    order of a plain run (there were none: "no benchmarks have been run")."""
+    pytest.importorskip("pytest_benchmark")
+    pytester.makepyfile(test_bench="""
+        import pytest
+
+        def fib(n):
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+        @pytest.mark.parametrize("n", [3, 6])
+        def test_fib(benchmark, n):
+            assert benchmark(fib, n) >= 0
+
+        def test_pedantic(benchmark):
+            benchmark.extra_info["kind"] = "pedantic"
+            benchmark.group = "slow"
+            benchmark.pedantic(fib, args=(8,), rounds=3, iterations=2)
+
+        def test_no_benchmark():
+            pass
+    """)
+
+    def benchmarks(*args: str) -> list[tuple[object, ...]]:
+        out = pytester.path / "bench.json"
+        r = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--benchmark-json={out}",
+                                          "--benchmark-max-time=0.01", *args)
+        r.assert_outcomes(passed=4)
+        r.stdout.fnmatch_lines(["*benchmark 'slow': 1 tests*", "*test_pedantic*"])
+        doc = json.loads(out.read_text())
+        return [(b["fullname"], b["group"], b["param"], b["extra_info"], b["options"]["timer"],
+                 b["stats"]["rounds"] if b["name"] == "test_pedantic" else b["stats"]["rounds"] > 0)
+                for b in doc["benchmarks"]]
+
+    plain = benchmarks()
+    assert len(plain) == 3
+    assert benchmarks("-p", "tach", "--tach-isolate", mode) == plain

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 SUBTESTS = "pytest-subtests"
+BENCHMARK = "pytest-benchmark"
 
 
 class Subtests:
@@ -60,6 +61,82 @@ def _node_id(item: pytest.Item) -> Any:
     return getattr(item, "id", item.nodeid)
 
 
+class Benchmark:
+    """pytest-benchmark keeps each benchmark's timings in a list of its session object;
+    the table, --benchmark-json, --benchmark-autosave and --benchmark-compare read that
+    list in the main process at the end, which had none ("Not saving anything, no
+    benchmarks have been run!"). Each test's benchmarks come with it, and are put in
+    collection order at the end, as a plain run appends them. A test that benchmarks
+    runs with no other test running (as if marked tach_serial): timings taken beside
+    other tests would measure the competition for the cores. (Not carried:
+    --benchmark-cprofile's profile.)"""
+
+    FIELDS = ("name", "fullname", "group", "param", "params", "extra_info", "iterations")
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.order: dict[int, int] = {}  # id(Metadata) -> index of its test
+        self.index: dict[str, int] = {}  # nodeid -> index in collection order
+
+    @property
+    def session(self) -> Any:
+        """pytest-benchmark's BenchmarkSession (made in its trylast pytest_configure)."""
+        return self.config._benchmarksession  # type: ignore[attr-defined]
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.index = {item.nodeid: i for i, item in enumerate(session.items)}
+        if self.session.disabled or self.session.skip:
+            return
+        for item in session.items:
+            if "benchmark" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.tach_serial)
+
+    def pytest_tach_forked(self, config: pytest.Config, role: str) -> None:
+        self.session.benchmarks.clear()  # the parent's (none are run in zygotes)
+
+    def pytest_tach_handover(self, config: pytest.Config, item: pytest.Item | None,
+                             output: dict[str, Any]) -> None:
+        from pytest_benchmark.utils import funcname
+
+        done = []
+        for bench in self.session.benchmarks:
+            entry = {f: getattr(bench, f, None) for f in self.FIELDS}
+            entry["options"] = {k: funcname(v) if callable(v) else v for k, v in bench.options.items()}
+            entry["data"] = list(bench.stats.data)
+            entry["has_error"] = bool(getattr(bench.fixture, "has_error", False))
+            done.append(entry)
+        self.session.benchmarks.clear()  # the list the fixture appends to
+        if done:
+            output[BENCHMARK] = done
+
+    def pytest_tach_handover_received(self, config: pytest.Config, item: pytest.Item | None,
+                                      output: dict[str, Any]) -> None:
+        from types import SimpleNamespace
+
+        from pytest_benchmark.stats import Metadata, Stats
+
+        entries = output.get(BENCHMARK)
+        if not isinstance(entries, list):
+            return
+        index = self.index.get(item.nodeid, 0) if item is not None else 0
+        for e in entries:
+            if not isinstance(e, dict) or not all(isinstance(d, (int, float)) for d in e.get("data") or []):
+                continue
+            bench = Metadata.__new__(Metadata)
+            for f in self.FIELDS:
+                setattr(bench, f, e.get(f))
+            bench.options = e.get("options") if isinstance(e.get("options"), dict) else {}
+            bench.cprofile_stats = None
+            bench.stats = Stats()
+            bench.stats.data = list(e.get("data") or [])
+            bench.fixture = SimpleNamespace(has_error=bool(e.get("has_error")))
+            self.order[id(bench)] = index
+            self.session.benchmarks.append(bench)
+
+    def pytest_tach_run_finished(self, config: pytest.Config) -> None:
+        self.session.benchmarks.sort(key=lambda b: self.order.get(id(b), 0))
+
+
 def register(config: pytest.Config) -> None:
     """Register the adapter of each plugin that is active in this run."""
     pm = config.pluginmanager
@@ -70,3 +147,5 @@ def register(config: pytest.Config) -> None:
     key = getattr(subtests, "failed_subtests_key", None)
     if key is not None and config.stash.get(key, None) is not None:
         pm.register(Subtests(key), "tach-subtests")
+    if pm.has_plugin("benchmark") or pm.has_plugin("pytest_benchmark.plugin"):
+        pm.register(Benchmark(config), "tach-benchmark")
