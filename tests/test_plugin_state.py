@@ -154,3 +154,56 @@ def test_benchmark_results_reach_the_table_and_json(pytester: pytest.Pytester, m
     plain = benchmarks()
     assert len(plain) == 3
     assert benchmarks("-p", "tach", "--tach-isolate", mode) == plain
+
+
+SNAPSHOT_TESTS = """
+import pytest
+
+def test_dict(snapshot):
+    assert {"a": 1, "b": [1, 2]} == snapshot
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_param(snapshot, n):
+    assert n * 10 == snapshot
+
+class TestC:
+    def test_two(self, snapshot):
+        assert "x" == snapshot
+        assert "y" == snapshot(name="named")
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_syrupy_snapshots_written_used_and_deleted_as_in_a_plain_run(pytester: pytest.Pytester, mode: str) -> None:
+    """syrupy: --snapshot-update writes the snapshots (tests of one module write one
+    file at once), a comparison run finds them all used, and an unused one is reported
+    and deleted as in a plain run. Before: every snapshot was "unused", and
+    --snapshot-update deleted them all."""
+    pytest.importorskip("syrupy")
+    snaps = pytester.path / "__snapshots__"
+
+    def run(tach: bool, *args: str) -> tuple[int, list[str], str]:
+        extra = ("-p", "tach", "--tach-isolate", mode) if tach else ()
+        r = pytester.runpytest_subprocess("-p", "no:cacheprovider", *extra, *args)
+        out = r.stdout.str()
+        summary = out[out.index("snapshot report summary"):].splitlines()[1:-1] if "snapshot report" in out else []
+        files = "".join(p.read_text() for p in sorted(snaps.glob("*"))) if snaps.exists() else ""
+        return int(r.ret), [line for line in summary if line.strip()], files
+
+    def scenario(tach: bool) -> list[tuple[int, list[str], str]]:
+        import shutil
+
+        shutil.rmtree(snaps, ignore_errors=True)
+        pytester.makepyfile(test_snap=SNAPSHOT_TESTS)
+        steps = [run(tach, "--snapshot-update"), run(tach)]
+        pytester.makepyfile(test_snap=SNAPSHOT_TESTS.replace('"x" == snapshot', '"z" == snapshot'))
+        steps.append(run(tach))  # a changed value fails
+        pytester.makepyfile(test_snap=SNAPSHOT_TESTS.replace("[1, 2, 3]", "[1]"))
+        steps += [run(tach), run(tach, "--snapshot-update")]  # two unused: reported, then deleted
+        assert not list(pytester.path.rglob("*.lock"))
+        return steps
+
+    plain = scenario(tach=False)
+    assert [s[0] for s in plain] == [0, 0, 1, 1, 0]
+    assert "6 snapshots generated." in plain[0][1] and plain[4][2].count("# name:") == 4
+    assert scenario(tach=True) == plain

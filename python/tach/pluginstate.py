@@ -11,6 +11,9 @@ import pytest
 
 SUBTESTS = "pytest-subtests"
 BENCHMARK = "pytest-benchmark"
+SYRUPY = "syrupy"
+#: syrupy's report collections, as its pytest-xdist support merges them
+SYRUPY_COLLECTIONS = ("created", "failed", "matched", "updated", "used")
 
 
 class Subtests:
@@ -137,6 +140,122 @@ class Benchmark:
         self.session.benchmarks.sort(key=lambda b: self.order.get(id(b), 0))
 
 
+class Syrupy:
+    """syrupy decides at the end of the run, in the main process, which snapshots were
+    used, created, updated or are unused (and with --snapshot-update deletes the unused
+    ones), from the assertions it recorded, and writes new snapshots then: all of which
+    happened in test processes. Every snapshot was reported unused, and
+    --snapshot-update deleted them all.
+
+    Each test process writes what its test asserted (with syrupy's file lock, as under
+    pytest-xdist: tests of one module write one file) and hands over the snapshots it
+    used, created, updated, matched or failed, in syrupy's own transport format. The main
+    process gives syrupy all of it as one worker report, the way syrupy's pytest-xdist
+    support merges reports (syrupy >= 7), with the outcome of every test it replayed."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.collections: dict[str, Any] = {}
+        self.xfails = 0
+        self.extensions: dict[str, str] = {}
+        self.written: set[str] = set()
+
+    @property
+    def session(self) -> Any:
+        return self.config._syrupy  # type: ignore[attr-defined]
+
+    def pytest_tach_forked(self, config: pytest.Config, role: str) -> None:
+        from syrupy.utils import set_snapshot_file_lock
+
+        self.session._assertions.clear()  # (none are made outside tests)
+        set_snapshot_file_lock(True, timeout=self.session.snapshot_file_lock_timeout)
+
+    def pytest_tach_handover(self, config: pytest.Config, item: pytest.Item | None,
+                             output: dict[str, Any]) -> None:
+        from syrupy.data import Snapshot, SnapshotCollection, SnapshotCollections
+
+        sess = self.session
+        if not sess._assertions and not sess._queued_snapshot_writes:
+            return
+        written_before = set(sess._written_snapshot_locations)
+        sess._written_snapshot_locations.update(
+            loc for (_, loc) in sess._queued_snapshot_writes)  # lock sidecars to clean up
+        sess.flush_snapshot_write_queue()
+        found = {name: SnapshotCollections() for name in SYRUPY_COLLECTIONS}
+        xfails = 0
+        for assertion in sess._assertions:
+            for result in assertion.executions.values():
+                collection = SnapshotCollection(location=result.snapshot_location)
+                collection.add(Snapshot(name=result.snapshot_name, data=result.final_data))
+                found["used"].update(collection)
+                if result.created:
+                    found["created"].update(collection)
+                elif result.updated:
+                    found["updated"].update(collection)
+                elif result.success:
+                    found["matched"].update(collection)
+                else:
+                    found["failed"].update(collection)
+                    xfails += _xfailed(result.test_location.item)
+        extensions = {loc: f"{type(ext).__module__}.{type(ext).__qualname__}"
+                      for loc, ext in sess._extensions.items()}
+        sess._assertions.clear()
+        output[SYRUPY] = {
+            "collections": {name: c.serialize() for name, c in found.items()},
+            "xfails": xfails,
+            "extensions": extensions,
+            "written": sorted(set(sess._written_snapshot_locations) - written_before),
+        }
+
+    def pytest_tach_handover_received(self, config: pytest.Config, item: pytest.Item | None,
+                                      output: dict[str, Any]) -> None:
+        got = output.get(SYRUPY)
+        if not isinstance(got, dict):
+            return
+        from syrupy.data import SnapshotCollections
+
+        for name, serialized in (got.get("collections") or {}).items():
+            if name in SYRUPY_COLLECTIONS and isinstance(serialized, dict) and all(
+                    isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v)
+                    for k, v in serialized.items()):
+                self.collections.setdefault(name, SnapshotCollections()).merge_serialized(serialized)
+        if type(got.get("xfails")) is int:
+            self.xfails += got["xfails"]
+        extensions = got.get("extensions")
+        if isinstance(extensions, dict):
+            self.extensions.update({k: v for k, v in extensions.items() if isinstance(k, str) and isinstance(v, str)})
+        written = got.get("written")
+        if isinstance(written, list):
+            self.written.update(w for w in written if isinstance(w, str))
+
+    def pytest_tach_run_finished(self, config: pytest.Config) -> None:
+        import sys
+
+        sess = self.session
+        # syrupy imports a worker's extension classes by name; here only those already
+        # imported in this process are given (nothing is imported on a test's say-so).
+        extensions = {loc: path for loc, path in self.extensions.items()
+                      if path.rpartition(".")[0] in sys.modules}
+        sess.add_worker_report({
+            "collections": {name: c.serialize() for name, c in self.collections.items()},
+            "num_xfails": self.xfails,
+            "selected": {nodeid: status.value for nodeid, status in sess._selected_items.items()},
+            "extensions": extensions,
+        })
+        if self.written:
+            from syrupy.utils import cleanup_snapshot_write_sidecars
+
+            cleanup_snapshot_write_sidecars(*self.written)
+
+
+def _xfailed(item: Any) -> bool:
+    """Whether pytest ran item as an expected failure (what syrupy's report counts)."""
+    from _pytest.skipping import xfailed_key
+
+    result = item.stash.get(xfailed_key, None) if item is not None else None
+    return bool(result and result.run)
+
+
 def register(config: pytest.Config) -> None:
     """Register the adapter of each plugin that is active in this run."""
     pm = config.pluginmanager
@@ -149,3 +268,5 @@ def register(config: pytest.Config) -> None:
         pm.register(Subtests(key), "tach-subtests")
     if pm.has_plugin("benchmark") or pm.has_plugin("pytest_benchmark.plugin"):
         pm.register(Benchmark(config), "tach-benchmark")
+    if pm.has_plugin("syrupy"):
+        pm.register(Syrupy(config), "tach-syrupy")
