@@ -30,6 +30,19 @@ pytest.importorskip("pytest_cov")
 #: coverage.py's sys.monitoring core (PEP 669) exists on 3.12+.
 HAS_SYSMON = sys.version_info >= (3, 12)
 
+
+def _tracer_core() -> str:
+    """A coverage.py core whose per-test contexts are complete: its C tracer, or the
+    Python one where coverage.py has no C extension (free-threaded builds)."""
+    try:
+        from coverage.tracer import CTracer  # noqa: F401
+    except ImportError:
+        return "pytrace"
+    return "ctrace"
+
+
+TRACER_CORE = _tracer_core()
+
 MYPKG = '''\
 def at_import():
     return "collection"
@@ -264,11 +277,12 @@ def run_in(root: Path, *args: str, env: dict[str, str] | None = None) -> Any:
 
 
 def pytest_run(root: Path, *args: str, tach: tuple[str, ...] | None = None,
-               env: dict[str, str] | None = None) -> Any:
+               env: dict[str, str] | None = None, cache: bool = False) -> Any:
     """Run pytest in root (plain, or under tach with the given tach options)."""
     clean(root)
     extra = ("-p", "tach", *tach) if tach is not None else ()
-    return run_in(root, "-m", "pytest", "-p", "no:cacheprovider", *extra, *args, env=env)
+    nocache = () if cache else ("-p", "no:cacheprovider")
+    return run_in(root, "-m", "pytest", *nocache, *extra, *args, env=env)
 
 
 def read_data(root: Path, data_file: str = ".coverage") -> dict[str, dict[str, Any]]:
@@ -454,7 +468,7 @@ def test_sysmon_core_gets_complete_test_contexts(project: Path) -> None:
     """On the sysmon core a plain run's --cov-context=test is incomplete (coverage.py
     warns: a line is recorded once, by the first test that runs it). Under tach each
     test's lines are labelled with it: the same as the ctrace core in a plain run."""
-    r = pytest_run(project, "--cov-context=test", *COV_ARGS, env={"COVERAGE_CORE": "ctrace"})
+    r = pytest_run(project, "--cov-context=test", *COV_ARGS, env={"COVERAGE_CORE": TRACER_CORE})
     assert r.returncode == 0, r.stdout + r.stderr
     complete = read_data(project)
     sysmon = {"COVERAGE_CORE": "sysmon"}
@@ -572,3 +586,89 @@ def test_a_test_that_crashes_keeps_what_earlier_tests_handed_over(tmp_path: Path
     mypkg = tmp_path / "mypkg/__init__.py"
     assert body_line(mypkg, "in_thread") in lines
     assert body_line(mypkg, "in_function_teardown") not in lines  # the crashed test's own
+
+
+# -- tach's own collector (--tach-coverage, sys.monitoring) --------------------------
+
+requires_sysmon = pytest.mark.skipif(not HAS_SYSMON, reason="sys.monitoring needs Python 3.12+")
+
+
+@pytest.fixture(scope="module")
+def lines_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus without coverage.py's subprocess patch: tach's collector measures the
+    run's own processes only, as a plain pytest-cov run without it does."""
+    return make_project(tmp_path_factory.mktemp("linesproject"), subprocess_patch=False)
+
+
+@pytest.fixture(scope="module")
+def plain_test_contexts(lines_project: Path) -> dict[str, Any]:
+    """What pytest-cov's ctrace core records with --cov=. --cov-context=test."""
+    r = pytest_run(lines_project, "--cov=.", "--cov-context=test", "--cov-report=", "tests",
+                   env={"COVERAGE_CORE": TRACER_CORE})
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = read_data(lines_project)
+    for entry in data.values():
+        entry.pop("arcs", None)
+    return data
+
+
+@requires_sysmon
+@pytest.mark.parametrize("mode", [*TACH_MODES, "in-process"])
+def test_tach_collector_records_what_pytest_cov_contexts_record(
+        lines_project: Path, plain_test_contexts: dict[str, Any], mode: str) -> None:
+    """--tach-coverage-data: the same lines, and per line the same tests and phases, as
+    pytest-cov's --cov-context=test in a plain run (collection under the empty
+    context, zygote fixture setup under the first test that needs it)."""
+    tach = ("--tach-workers", "0") if mode == "in-process" else TACH_MODES[mode]
+    r = pytest_run(lines_project, "--tach-coverage-data=tach.cov", "tests", tach=tach)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (d := diff(plain_test_contexts, read_data(lines_project, "tach.cov"))) == [], "\n".join(d)
+
+
+@requires_sysmon
+def test_tach_collector_keeps_each_tests_lines_in_the_cache(lines_project: Path) -> None:
+    r = pytest_run(lines_project, "--tach-coverage", "tests/test_places.py", tach=(), cache=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads((lines_project / ".pytest_cache" / "d" / "tach-coverage" / "lines.json").read_text())
+    files = [f["path"] for f in doc["files"]]
+    assert all(f["sha1"] for f in doc["files"])
+
+    def ran(nodeid: str, phase: str, path: str) -> set[int]:
+        got = doc["tests"][nodeid][phase].get(str(files.index(path)), [])
+        return set(got)
+
+    mypkg = lines_project / "mypkg/__init__.py"
+    lazy = "tests/test_places.py::test_lazy_imports"
+    assert ran(lazy, "run", "mypkg/lazy.py") == {1, 4, 2}  # a module imported inside the test
+    assert body_line(mypkg, "in_test") in ran("tests/test_places.py::TestClass::test_one", "run", "mypkg/__init__.py")
+    assert body_line(mypkg, "in_test") not in ran(lazy, "run", "mypkg/__init__.py")
+    # each test's own lines, however many tests ran them before in the same process
+    assert body_line(mypkg, "in_test") in ran("tests/test_places.py::test_session_and_module", "run",
+                                              "mypkg/__init__.py")
+    assert body_line(mypkg, "at_import") in set(doc["collection"][str(files.index("mypkg/__init__.py"))])
+    shutil.rmtree(lines_project / ".pytest_cache")
+
+
+@requires_sysmon
+def test_tach_collector_beside_pytest_cov(lines_project: Path, plain_test_contexts: dict[str, Any]) -> None:
+    """Both at once, on coverage.py's sysmon core too: separate tool ids, each its own
+    data, neither counted twice."""
+    for core in (TRACER_CORE, "sysmon"):
+        r = pytest_run(lines_project, "--cov=.", "--cov-context=test", "--cov-report=", "--tach-coverage-data=tach.cov",
+                       "tests", tach=TACH_MODES["test-snapshot"], env={"COVERAGE_CORE": core})
+        assert r.returncode == 0, r.stdout + r.stderr
+        theirs = read_data(lines_project)
+        for entry in theirs.values():
+            entry.pop("arcs", None)
+        assert (d := diff(plain_test_contexts, theirs)) == [], core + ":\n" + "\n".join(d)
+        assert (d := diff(plain_test_contexts, read_data(lines_project, "tach.cov"))) == [], core + ":\n" + "\n".join(d)
+    r = pytest_run(lines_project, "--cov=.", "--tach-coverage-data=.coverage", "tests", tach=())
+    assert r.returncode == 4 and "writes that file in this run" in r.stderr
+
+
+@pytest.mark.skipif(HAS_SYSMON, reason="what 3.10 and 3.11 say")
+def test_tach_collector_needs_312(lines_project: Path) -> None:
+    r = pytest_run(lines_project, "--tach-coverage", "tests", tach=())
+    assert r.returncode == 4
+    assert "--tach-coverage: needs CPython 3.12+ (sys.monitoring)" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from tach.attribution import Attribution, Restore
+
 KEY = "coverage"
 
 
@@ -298,42 +300,15 @@ class CoverageBridge:
                 _write(cov, m)
 
 
-class TestContexts:
+class TestContexts(Attribution):
     """pytest-cov's ``--cov-context=test`` labels each line with the tests and phases
-    that ran it (``nodeid|setup``, ``|run``, ``|teardown``). In a plain run a fixture of
-    a higher scope is set up in the setup of the first test (in collection order) that
-    needs it, and torn down in the teardown of the last test of its scope; under tach a
-    zygote sets it up outside any test, or the test that happens to tear it down is
-    another. This plugin, in forked processes, labels such work as a plain run would."""
+    that ran it (``nodeid|setup``, ``|run``, ``|teardown``); in forked processes this
+    labels a zygote's fixture setup and a scope's teardown as a plain run does
+    (attribution.py), with pytest-cov's own labels."""
 
     def __init__(self, pluginmanager: pytest.PytestPluginManager) -> None:
+        super().__init__()
         self.pluginmanager = pluginmanager
-        self.items: list[pytest.Item] = []
-        #: (id of the FixtureDef, its scope node's nodeid, parameter index) -> first test
-        self.first_fixture: dict[tuple[int, str, int], int] = {}
-        self.first_under: dict[Any, int] = {}  # collector -> first test under it
-        self.last_under: dict[Any, int] = {}  # collector -> last test under it
-        self.current: pytest.Item | None = None  # the test whose protocol runs here
-
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        from tach.plan import _fixturedefs, _scope_node
-
-        self.items = list(session.items)
-        for i, item in enumerate(self.items):
-            for node in item.listchain()[:-1]:
-                self.first_under.setdefault(node, i)
-                self.last_under[node] = i
-            defs = _fixturedefs(item)
-            if not defs:
-                continue
-            indices = getattr(getattr(item, "callspec", None), "indices", {})
-            for name in item.fixturenames:
-                fds = defs.get(name)
-                if not fds or fds[-1].scope == "function":
-                    continue
-                node = _scope_node(item, fds[-1])
-                if node is not None:
-                    self.first_fixture.setdefault((id(fds[-1]), node.nodeid, indices.get(name, 0)), i)
 
     def _recorder(self) -> tuple[Any, Any, Recorder] | None:
         """pytest-cov's context plugin, its collector and that collector's Recorder: in
@@ -344,10 +319,10 @@ class TestContexts:
         rec = getattr(collector, "covdata", None)
         return (plugin, collector, rec) if isinstance(rec, Recorder) else None
 
-    def _switch(self, item: pytest.Item, when: str) -> Any:
-        """Label what runs from now on as item's phase `when` (pytest-cov's own label);
-        returns a function that puts the previous label back, or None where there is
-        nothing to do."""
+    def active(self) -> bool:
+        return self._recorder() is not None
+
+    def switch(self, item: pytest.Item, when: str) -> Restore | None:
         found = self._recorder()
         if found is None:
             return None
@@ -362,6 +337,11 @@ class TestContexts:
 
         return restore
 
+    def on_phase(self, item: pytest.Item, when: str) -> None:
+        found = self._recorder()
+        if found is not None:
+            _restart_sysmon(found[1])
+
     def pytest_tach_forked(self, config: pytest.Config, role: str) -> None:
         found = self._recorder()
         if found is not None and _uses_sysmon(found[1]):
@@ -373,63 +353,6 @@ class TestContexts:
                 if not slugs:  # coverage.py fills it from the config at its first warning
                     slugs.update(getattr(cov.config, "disable_warnings", []))
                 slugs.add("no-sysmon-context")
-
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> Any:
-        self._restart_for_phase()
-        yield
-
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Any:
-        self._restart_for_phase()
-        yield
-
-    def _restart_for_phase(self) -> None:
-        found = self._recorder()
-        if found is not None:
-            _restart_sysmon(found[1])
-
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item) -> Any:
-        self.current = item
-        yield
-        self.current = None
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Any:
-        restore = None
-        if fixturedef.scope != "function" and self.first_fixture:
-            try:
-                key = (id(fixturedef), request.node.nodeid, getattr(request, "param_index", 0))
-            except Exception:  # noqa: BLE001 - a request pytest could not place
-                key = None
-            first = self.first_fixture.get(key) if key else None
-            if first is not None and self.items[first] is not self.current:
-                restore = self._switch(self.items[first], "setup")
-        yield
-        if restore is not None:
-            restore()
-
-    def pytest_tach_zygote_setup(self, config: pytest.Config, node: pytest.Collector) -> None:
-        first = self.first_under.get(node)
-        if first is not None:
-            self._switch(self.items[first], "setup")  # a zygote's handover puts it back
-
-    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Any) -> Any:
-        """Each scope this teardown ends is labelled as the teardown of the last test
-        under it: a finalizer appended to a node's list runs first of its own."""
-        self._restart_for_phase()
-        if self.last_under and self._recorder() is not None:
-            stack = item.session._setupstate.stack
-            keep = set(nextitem.listchain()) if nextitem is not None else set()
-            for node, (finalizers, _) in list(stack.items()):
-                if node is item or node in keep:
-                    continue
-                last = self.last_under.get(node)
-                target = self.items[last] if last is not None else item
-                finalizers.append(lambda target=target: self._switch(target, "teardown"))
-        yield
 
 
 def _uses_sysmon(collector: Any) -> bool:
@@ -443,7 +366,7 @@ def _restart_sysmon(collector: Any) -> None:
     the events back on as each phase begins makes each line the phase runs fire once
     more, under its context. One callback per distinct line per phase."""
     if _uses_sysmon(collector):
-        sys.monitoring.restart_events()  # type: ignore[attr-defined,unused-ignore] - 3.12+
+        sys.monitoring.restart_events()  # type: ignore[attr-defined,unused-ignore]  # 3.12+
 
 
 def register(config: pytest.Config) -> None:

@@ -61,6 +61,16 @@ def addoption(parser: pytest.Parser) -> None:
         help="show the slowest and the most memory-hungry tests (wall, CPU, max RSS)",
     )
     group.addoption(
+        "--tach-coverage", dest="tach_coverage", action="store_true", default=False,
+        help="record, for every test, the lines of the project's own files it ran "
+        "(sys.monitoring, CPython 3.12+), into pytest's cache dir (tach-coverage/lines.json)",
+    )
+    group.addoption(
+        "--tach-coverage-data", dest="tach_coverage_data", metavar="PATH", default=None,
+        help="with --tach-coverage: also write them as a coverage.py data file with "
+        "per-test contexts (nodeid|setup, |run, |teardown), for coverage report/html",
+    )
+    group.addoption(
         "--tach-threads", dest="tach_threads", metavar="N|auto", default=None,
         help="free-threading stress mode: run each test's body in N threads at once "
         "(default 1: off); markers parallel_threads_limit(n), force_parallel_threads(n), "

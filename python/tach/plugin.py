@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,10 +17,22 @@ if TYPE_CHECKING:
 _SETTINGS = pytest.StashKey[options.Settings]()
 _FORWARDER = pytest.StashKey["object"]()
 _RESULT = pytest.StashKey["RunResult"]()
+_LINES = pytest.StashKey["object"]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     handover.add_hookspecs(pluginmanager)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """--tach-coverage starts recording before conftests are imported, as pytest-cov
+    does: their module-level lines are collection's."""
+    from tach import monitor
+
+    lines = monitor.early_start(early_config)
+    if lines is not None:
+        early_config.stash[_LINES] = lines
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,6 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_FORWARDER] = fw
     config.pluginmanager.register(fw, "tach-forwarder")
     _configure_stress(config, settings)
+    _configure_lines(config)
     if settings.workers > 0:
         from tach import covbridge, pluginstate
 
@@ -88,6 +102,26 @@ def _configure_stress(config: pytest.Config, settings: options.Settings) -> None
         from tach import stressfixtures
 
         config.pluginmanager.register(stressfixtures, "tach-stress-fixtures")
+
+
+def _configure_lines(config: pytest.Config) -> None:
+    lines = config.stash.get(_LINES, None)
+    if lines is None:
+        return
+    from tach import monitor
+
+    data_file = config.getoption("tach_coverage_data")
+    if data_file:
+        try:
+            import coverage
+        except ImportError:
+            raise pytest.UsageError("--tach-coverage-data: coverage.py is not installed "
+                                    "(pip install coverage)") from None
+        current = coverage.Coverage.current()
+        if current is not None and os.path.abspath(current.config.data_file) == os.path.abspath(data_file):
+            raise pytest.UsageError(f"--tach-coverage-data {data_file}: coverage.py (pytest-cov or "
+                                    "coverage run) writes that file in this run; name another")
+    config.pluginmanager.register(monitor.LineCoverage(config, lines, data_file), "tach-lines")
 
 
 def _engine_active(config: pytest.Config) -> bool:
