@@ -80,6 +80,7 @@ type testRun struct {
 	finished                         bool
 	maxrssKB                         int
 	cpu                              float64
+	event                            Event // finished, waiting for earlier tests' (reportOrder)
 }
 
 type runnerProc struct {
@@ -129,6 +130,7 @@ type Supervisor struct {
 	live          map[int]*runnerProc // runners not ended: what the timers look at
 	waiting       map[int]*runnerProc // runners whose final test waits at the teardown gate
 	callOrder     []*testRun          // with a call limit: tests in dispatch order, for turns
+	reportOrder   []*testRun          // with a call limit: tests in dispatch order, for events
 	calling       int                 // tests holding a call turn
 	zygotes       map[int]*zproc
 	byPID         map[int]any // *runnerProc or *zproc
@@ -612,6 +614,9 @@ func (s *Supervisor) runnerEnded(r *runnerProc, failure string) {
 		for _, i := range rest {
 			s.tests[i] = nil // dispatched again later, to a new runner
 		}
+		if s.cfg.CallLimit > 0 {
+			s.emitInOrder() // tests held back for those just requeued go now
+		}
 	}
 	s.closeRunner(r)
 }
@@ -731,6 +736,7 @@ func (s *Supervisor) assign(r *runnerProc, tests []int) {
 		s.tests[i] = &testRun{idx: i, runner: r}
 		if s.cfg.CallLimit > 0 {
 			s.callOrder = append(s.callOrder, s.tests[i])
+			s.reportOrder = append(s.reportOrder, s.tests[i])
 		}
 	}
 }
@@ -794,7 +800,34 @@ func (s *Supervisor) finish(t *testRun, outcome, reason string, ended *runnerPro
 			s.releaseSlot(r) // its process is about to exit: the label is free
 		}
 	}
-	s.emit(ev)
+	if s.cfg.CallLimit <= 0 {
+		s.emit(ev)
+		return
+	}
+	t.event = ev
+	s.emitInOrder()
+}
+
+// emitInOrder emits finished tests' events in dispatch order (with a call limit). A
+// test whose call passed gives its turn on before its teardown and its reports, so the
+// next test can fail and report first; with -x the main process would then stop before
+// replaying the earlier test, which a plain run reports. So a test's event waits for
+// those of the tests dispatched before it (a test sent back to the queue is skipped: it
+// comes again when it is dispatched again).
+func (s *Supervisor) emitInOrder() {
+	for len(s.reportOrder) > 0 {
+		t := s.reportOrder[0]
+		if t.event == nil {
+			if s.tests[t.idx] == t && !t.finished {
+				return // still running: the tests after it wait
+			}
+			s.reportOrder = s.reportOrder[1:] // requeued
+			continue
+		}
+		s.emit(t.event)
+		t.event = nil
+		s.reportOrder = s.reportOrder[1:]
+	}
 }
 
 // checkTimers enforces test deadlines (dump tracebacks, then kill), fixture-setup

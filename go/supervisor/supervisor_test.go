@@ -612,3 +612,51 @@ func TestHandoverFramesReachTheMainProcess(t *testing.T) {
 		t.Fatalf("the test's frames: %d, want its report and its handover", len(testFrames))
 	}
 }
+
+func TestWithACallLimitTestsAreReportedInDispatchOrder(t *testing.T) {
+	// A passes its call and gives the turn on (call_over) while it tears down; B fails
+	// and is done first. Its event must wait for A's: with -x the main process stops
+	// at B, and a plain run would have reported A before it.
+	s, path, root := startWith(t, 2, Config{Workers: 2, CallLimit: 1})
+	zyg := sessionZygote(t, path, root)
+	runA, runB := zyg.recv(), zyg.recv()
+	a, ta := runnerFor(t, path, zyg, runA, 4_200_001)
+	a.send(map[string]any{"t": "await_call", "test": ta})
+	a.expectGo("first runner")
+	b, tb := runnerFor(t, path, zyg, runB, 4_200_002)
+	b.send(map[string]any{"t": "await_call", "test": tb})
+	a.send(map[string]any{"t": "call_over", "test": ta})
+	b.expectGo("second runner")
+	b.send(map[string]any{"t": "report", "test": tb, "data": map[string]any{"when": "call"}})
+	b.send(map[string]any{"t": "done", "test": tb, "maxrss": 1, "cpu": 0.0})
+	// Wait until the supervisor has handled B's done (it reads connections in any order).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		done := make(chan bool)
+		s.send(func() { done <- s.tests[tb] != nil && s.tests[tb].finished })
+		if <-done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("B's done was never handled")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if evs, _ := s.Poll(0); len(evs) != 0 {
+		t.Fatalf("B was reported before A: %v", evs)
+	}
+	a.send(map[string]any{"t": "done", "test": ta, "maxrss": 1, "cpu": 0.0})
+	var order []int
+	for deadline := time.Now().Add(5 * time.Second); len(order) < 2 && time.Now().Before(deadline); {
+		evs, _ := s.Poll(50 * time.Millisecond)
+		for _, e := range evs {
+			if e["t"] == "test" {
+				order = append(order, e["idx"].(int))
+			}
+		}
+	}
+	if len(order) != 2 || order[0] != ta || order[1] != tb {
+		t.Fatalf("events in order %v, want [%d %d]", order, ta, tb)
+	}
+	s.Stop(StopKill)
+}
