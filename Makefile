@@ -8,7 +8,7 @@
 #   make python-ft   build (or reuse) the free-threaded CPython
 #   make dev         editable install into the env of $(PYTHON)
 #   make ext         rebuild the Go extension in place (after `make dev`)
-#   make bench       synthetic suites: tach vs pytest, xdist, forked -> docs/benchmarks.md
+#   make bench       synthetic suites: tach vs pytest, xdist, forked; coverage's cost -> docs/benchmarks.md
 #   make parity      real projects' suites: tach vs plain pytest outcomes -> docs/parity.md
 
 SHELL := bash
@@ -92,6 +92,11 @@ PARITY_ARGS ?=
 bench:
 	py=$$(build/venv.sh $(PYTHON) "" bench/requirements.txt); \
 	$$py bench/engine.py --out docs/benchmarks.md $(BENCH_ARGS); \
+	$$py bench/coverage.py --append docs/benchmarks.md; \
+	py312=$$(ls $(PYENV_ROOT)/versions/3.12.*/bin/python3 2>/dev/null | head -1); \
+	if [ -n "$$py312" ]; then \
+		COVERAGE_CORE=sysmon $$(build/venv.sh $$py312 "" bench/requirements.txt) bench/coverage.py --append docs/benchmarks.md; \
+	else echo "bench: no CPython 3.12 under $(PYENV_ROOT): the sys.monitoring rows are left out"; fi; \
 	ft=$$(build/python-ft.sh); ftpy=$$(build/venv.sh $$ft "" bench/requirements-ft.txt); \
 	$$ftpy bench/threads.py --append docs/benchmarks.md
 

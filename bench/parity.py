@@ -4,9 +4,11 @@ For every project in bench/suites.toml: fetch its sdist from PyPI (pinned versio
 sha256-checked, cached), make a virtual env with the project, its test requirements, the
 pinned pytest and tach (a wheel built once from this checkout), then run the project's
 tests with --junitxml under plain pytest and under `pytest -p tach` in each
---tach-isolate mode, and compare the outcome of every test id. Writes a markdown report
-(docs/parity.md by `make parity`) and exits 1 when a mismatch is not explained in
-suites.toml.
+--tach-isolate mode, and compare the outcome of every test id. For projects that name
+the packages they measure (`cov`), also run both with pytest-cov (--cov-branch) and
+compare coverage.py's data file by file, line by line and arc by arc, and time what
+coverage costs each. Writes a markdown report (docs/parity.md by `make parity`) and
+exits 1 when a mismatch is not explained in suites.toml.
 
 Downloads, unpacked sources and venvs live under $TACH_CACHE/parity, outside the repo.
 
@@ -57,6 +59,9 @@ class Project:
     tests: list[str] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
     explain: dict[str, str] = field(default_factory=dict)
+    cov: list[str] = field(default_factory=list)  # packages to measure with pytest-cov
+    #: isolate mode -> why coverage data may differ from a plain run's in that mode
+    cov_explain: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -88,9 +93,11 @@ class HarnessError(Exception):
 # -- suites file ---------------------------------------------------------------------
 
 
-def load_suites(path: Path) -> tuple[str, list[Project]]:
+def load_suites(path: Path) -> tuple[list[str], list[Project]]:
+    """What every venv gets (the pytest pin, coverage.py and pytest-cov pins), and the
+    projects."""
     data = tomllib.loads(path.read_text())
-    pytest_req = data.get("pytest", "pytest")
+    pytest_req = [data.get("pytest", "pytest"), *data.get("coverage", [])]
     projects = []
     for entry in data.get("project", []):
         entry = dict(entry)
@@ -164,7 +171,7 @@ def build_tach_wheel(python: str, out: Path) -> Path:
     return wheel
 
 
-def ensure_venv(p: Project, src: Path, python: str, cache: Path, pytest_req: str, wheel: Path) -> str:
+def ensure_venv(p: Project, src: Path, python: str, cache: Path, pytest_req: list[str], wheel: Path) -> str:
     ident = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True,
                            text=True, check=True).stdout
     key = hashlib.sha256(json.dumps([ident, pytest_req, p.name, p.version, p.requires]).encode()).hexdigest()[:12]
@@ -176,7 +183,7 @@ def ensure_venv(p: Project, src: Path, python: str, cache: Path, pytest_req: str
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
         pip = [py, "-m", "pip", "install", "-q"]
         try:
-            subprocess.run([*pip, pytest_req, "msgpack", *p.requires], check=True)
+            subprocess.run([*pip, *pytest_req, "msgpack", *p.requires], check=True)
             subprocess.run([*pip, str(src)], check=True)
         except subprocess.CalledProcessError as e:
             raise HarnessError(f"{p.label}: installing into {venv} failed: {e}") from e
@@ -188,12 +195,15 @@ def ensure_venv(p: Project, src: Path, python: str, cache: Path, pytest_req: str
 # -- running and reading junitxml ----------------------------------------------------
 
 
-def run_pytest(py: str, cwd: Path, p: Project, extra: list[str], junit: Path, cache_dir: Path) -> Run:
+def run_pytest(py: str, cwd: Path, p: Project, extra: list[str], junit: Path, cache_dir: Path,
+               data_file: Path | None = None) -> Run:
     cmd = [py, "-m", "pytest", "-q", "-o", f"cache_dir={cache_dir}", f"--junitxml={junit}",
            *extra, *p.args, *p.tests]
     env = dict(os.environ)
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("PYTEST_PLUGINS", None)
+    if data_file is not None:
+        env["COVERAGE_FILE"] = str(data_file)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -245,6 +255,44 @@ def compare(p: Project, plain: Run, tach: Run) -> list[Mismatch]:
     return out
 
 
+# -- coverage ------------------------------------------------------------------------
+
+#: prints a coverage.py data file as JSON: {file: [lines, arcs]}
+DUMP = """
+import json, sys
+from coverage import CoverageData
+d = CoverageData(sys.argv[1]); d.read()
+print(json.dumps({f: [sorted(d.lines(f) or []), sorted(d.arcs(f) or [])] for f in d.measured_files()}))
+"""
+
+
+def read_coverage(py: str, data_file: Path) -> dict[str, list[list[object]]]:
+    out = subprocess.run([py, "-c", DUMP, str(data_file)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise HarnessError(f"reading {data_file.name}: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout)
+
+
+def coverage_diff(plain: dict[str, list[list[object]]], tach: dict[str, list[list[object]]]) -> list[str]:
+    """Files measured by one run only, and per file the lines and arcs one run lacks."""
+    out = []
+    for f in sorted(set(plain) | set(tach)):
+        if f not in tach or f not in plain:
+            out.append(f"{f}: measured {'by plain pytest only' if f in plain else 'under tach only'}")
+            continue
+        for i, kind in enumerate(("lines", "arcs")):
+            a = {json.dumps(x) for x in plain[f][i]}
+            b = {json.dumps(x) for x in tach[f][i]}
+            if a != b:
+                out.append(f"{os.path.basename(f)}: {kind} plain only {sorted(a - b)[:8]}, "
+                           f"tach only {sorted(b - a)[:8]}")
+    return out
+
+
+def totals(data: dict[str, list[list[object]]]) -> tuple[int, int, int]:
+    return len(data), sum(len(v[0]) for v in data.values()), sum(len(v[1]) for v in data.values())
+
+
 # -- the report ----------------------------------------------------------------------
 
 
@@ -255,6 +303,11 @@ class Result:
     modes: dict[str, Run] = field(default_factory=dict)
     mismatches: dict[str, list[Mismatch]] = field(default_factory=dict)
     error: str = ""
+    #: with coverage: the plain run with --cov, each mode's, and their data
+    cov_plain: Run | None = None
+    cov_modes: dict[str, Run] = field(default_factory=dict)
+    cov_data_plain: dict[str, list[list[object]]] = field(default_factory=dict)
+    cov_diffs: dict[str, list[str]] = field(default_factory=dict)
 
     def identical(self, mode: str) -> bool:
         return (self.plain is not None and mode in self.modes and not self.mismatches[mode]
@@ -262,6 +315,9 @@ class Result:
 
     def unexplained(self) -> int:
         return sum(1 for ms in self.mismatches.values() for m in ms if not m.explanation)
+
+    def coverage_unexplained(self) -> list[str]:
+        return [m for m, d in self.cov_diffs.items() if d and m not in self.project.cov_explain]
 
 
 def render(results: list[Result], modes: list[str], header: str) -> str:
@@ -290,6 +346,34 @@ def render(results: list[Result], modes: list[str], header: str) -> str:
     ok = [r for r in results if r.identical(headline)]
     lines += ["", f"Projects with 100% identical outcomes under `--tach-isolate {headline}`: "
               f"{len(ok)}/{len(results)}."]
+    covered = [r for r in results if r.cov_plain is not None]
+    if covered:
+        lines += ["", "## Coverage", "",
+                  "The same suites with pytest-cov (`--cov=PKG --cov-branch`), plain and under tach: "
+                  "coverage.py's data compared file by file, line by line and arc by arc. Overhead is "
+                  "the wall time with coverage over the same run without (plain pytest's and each tach "
+                  "mode's); ÷ divides tach's overhead by plain pytest-cov's (one run each).", "",
+                  "| project | files / lines / arcs | " + " | ".join(f"same `{m}`" for m in modes)
+                  + " | overhead pytest | " + " | ".join(f"`{m}` (÷)" for m in modes) + " |",
+                  "|---|---:|" + "---:|" * len(modes) + "---:|" + "---:|" * len(modes)]
+        for r in covered:
+            assert r.plain is not None and r.cov_plain is not None
+            f, ln, arcs = totals(r.cov_data_plain)
+            same = ["yes" if not r.cov_diffs.get(m) else
+                    ("explained" if m in r.project.cov_explain else f"**no** ({len(r.cov_diffs[m])})")
+                    for m in modes]
+            base = r.cov_plain.wall / r.plain.wall
+            ratios = {m: r.cov_modes[m].wall / r.modes[m].wall for m in modes}
+            over = [f"{ratios[m]:.2f} ({ratios[m] / base:.2f})" for m in modes]
+            lines.append(f"| {r.project.label} | {f} / {ln} / {arcs} | " + " | ".join(same)
+                         + f" | {base:.2f} | " + " | ".join(over) + " |")
+        for r in covered:
+            for m, d in r.cov_diffs.items():
+                if d:
+                    why = r.project.cov_explain.get(m, "")
+                    lines += ["", f"{r.project.label} `{m}` coverage differs"
+                              + (f" — **explained**: {why}" if why else " — **unexplained**") + ":", "```",
+                              *d[:20], "```"]
     details = [(r, m, ms) for r in results for m, ms in r.mismatches.items() if ms]
     if details:
         lines += ["", "## Mismatches", ""]
@@ -311,7 +395,7 @@ def render(results: list[Result], modes: list[str], header: str) -> str:
 # -- main ----------------------------------------------------------------------------
 
 
-def run_project(p: Project, args: argparse.Namespace, pytest_req: str, wheel: Path | None,
+def run_project(p: Project, args: argparse.Namespace, pytest_req: list[str], wheel: Path | None,
                 modes: list[str]) -> Result:
     res = Result(p)
     cache = Path(args.cache)
@@ -339,6 +423,19 @@ def run_project(p: Project, args: argparse.Namespace, pytest_req: str, wheel: Pa
             res.mismatches[m] = compare(p, res.plain, run)
             print(f"   {len(res.mismatches[m])} mismatches, {run.wall:.1f} s vs {res.plain.wall:.1f} s",
                   file=sys.stderr, flush=True)
+        if p.cov and not args.no_coverage:
+            covargs = [*(f"--cov={pkg}" for pkg in p.cov), "--cov-branch", "--cov-report="]
+            print(f"== {p.label}: plain pytest with coverage", file=sys.stderr, flush=True)
+            res.cov_plain = run_pytest(py, src, p, ["-p", "no:tach", *covargs], work / "plain-cov.xml", cache_dir,
+                                       work / "plain.cov")
+            res.cov_data_plain = read_coverage(py, work / "plain.cov")
+            for m in modes:
+                print(f"== {p.label}: tach --tach-isolate {m} with coverage", file=sys.stderr, flush=True)
+                res.cov_modes[m] = run_pytest(
+                    py, src, p, ["-p", "tach", "--tach-workers", str(args.workers), "--tach-isolate", m, *covargs],
+                    work / f"{m}-cov.xml", cache_dir, work / f"{m}.cov")
+                res.cov_diffs[m] = coverage_diff(res.cov_data_plain, read_coverage(py, work / f"{m}.cov"))
+                print(f"   coverage: {len(res.cov_diffs[m])} differences", file=sys.stderr, flush=True)
     except (HarnessError, OSError, subprocess.CalledProcessError) as e:
         res.error = str(e).splitlines()[0]
         print(f"   error: {e}", file=sys.stderr)
@@ -356,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write the markdown report here too")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--in-place", action="store_true", help="use --python as it is: no venvs, no installs")
+    ap.add_argument("--no-coverage", action="store_true", help="compare outcomes only, skip the coverage runs")
     default_cache = Path(os.environ.get("TACH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
                                                                Path.home() / ".cache") / "tach")
     ap.add_argument("--cache", default=str(default_cache / "parity"))
@@ -382,13 +480,13 @@ def main(argv: list[str] | None = None) -> int:
               "outcomes compared per test id (junitxml classname::name). \"identical\" counts "
               "tests whose outcome matches plain pytest; × is the wall-time ratio to plain pytest "
               "(one run each, so small suites mostly measure startup).\n\n"
-              f"Machine: {machine()}; tach {commit()}; CPython {version}; {pytest_req}.")
+              f"Machine: {machine()}; tach {commit()}; CPython {version}; {', '.join(pytest_req)}.")
     report = render(results, modes, header)
     print(report)
     if args.out:
         Path(args.out).write_text(report)
     failed = [r.project.label for r in results if r.error]
-    unexplained = sum(r.unexplained() for r in results)
+    unexplained = sum(r.unexplained() for r in results) + sum(len(r.coverage_unexplained()) for r in results)
     exit_mismatch = [r.project.label for r in results for m in modes
                      if r.plain and m in r.modes and r.modes[m].exit_code != r.plain.exit_code
                      and not r.mismatches[m]]

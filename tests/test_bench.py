@@ -117,3 +117,62 @@ def test_parity_accepts_an_explained_mismatch(tmp_path: Path) -> None:
     proc, report = _parity(tmp_path, _scenario(tmp_path, explain=True))
     assert proc.returncode == 0, proc.stderr + report
     assert "**explained**: depends on test_writer having run in the same process" in report
+
+
+COVERAGE_SCENARIO = {
+    "covpkg/__init__.py": """
+        SEEN = []
+
+        def mark():
+            SEEN.append(1)
+
+        def check():
+            if SEEN:
+                return "after another test"
+            return "first"
+    """,
+    "test_cov.py": """
+        import covpkg
+
+        def test_mark():
+            covpkg.mark()
+
+        def test_check():
+            assert covpkg.check()
+    """,
+}
+
+
+def _coverage_scenario(tmp_path: Path, explain: bool) -> Path:
+    proj = tmp_path / "covscenario"
+    for name, body in COVERAGE_SCENARIO.items():
+        (proj / name).parent.mkdir(parents=True, exist_ok=True)
+        (proj / name).write_text(textwrap.dedent(body))
+    explanation = ('cov_explain = { test = "check() sees what mark() left only in one process" }'
+                   if explain else "")
+    suites = tmp_path / "suites.toml"
+    suites.write_text(textwrap.dedent(f"""
+        [[project]]
+        name = "covscenario"
+        path = "covscenario"
+        tests = ["."]
+        args = ["-p", "no:randomly"]
+        cov = ["covpkg"]
+        {explanation}
+    """))
+    return suites
+
+
+def test_parity_compares_coverage_and_finds_a_difference(tmp_path: Path) -> None:
+    """Outcomes match in every mode, but under test isolation check() never sees what
+    mark() did: one line more, one less. The coverage comparison must say so, and fail
+    on it while unexplained; under module isolation the data is identical."""
+    proc, report = _parity(tmp_path, _coverage_scenario(tmp_path, explain=False))
+    assert proc.returncode == 1, proc.stderr
+    row = next(line for line in report.splitlines() if line.startswith("| covscenario") and " / " in line)
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2].startswith("**no**") and cells[3] == "yes"
+    assert "covscenario `test` coverage differs — **unexplained**" in report
+    proc, report = _parity(tmp_path, _coverage_scenario(tmp_path, explain=True))
+    assert proc.returncode == 0, proc.stderr + report
+    assert "**explained**: check() sees what mark() left only in one process" in report
