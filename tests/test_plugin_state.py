@@ -207,3 +207,74 @@ def test_syrupy_snapshots_written_used_and_deleted_as_in_a_plain_run(pytester: p
     assert [s[0] for s in plain] == [0, 0, 1, 1, 0]
     assert "6 snapshots generated." in plain[0][1] and plain[4][2].count("# name:") == 4
     assert scenario(tach=True) == plain
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_testmon_records_every_test_and_selects_as_in_a_plain_run(pytester: pytest.Pytester, mode: str) -> None:
+    """pytest-testmon: a second run selects nothing, and after a change only the test
+    that ran the changed code (before: tests lost their data, and every forked process
+    wrote to the database)."""
+    pytest.importorskip("testmon")
+    import sqlite3
+
+    pytester.makepyfile(pkg="def a():\n    return 1\n\ndef b():\n    return 2\n")
+    pytester.makepyfile(test_x="""
+        import pytest
+        import pkg
+
+        def test_a():
+            assert pkg.a() == 1
+
+        def test_b():
+            assert pkg.b() == 2
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_many(n):
+            assert pkg.a() + n >= 1
+
+        def test_none():
+            pass
+    """)
+
+    def runs(*tach: str) -> list[object]:
+        for f in pytester.path.glob(".testmondata*"):
+            f.unlink()
+        seen: list[object] = []
+        for change in (None, None, ("return 2", "return 3")):
+            if change:
+                src = pytester.path / "pkg.py"
+                src.write_text(src.read_text().replace(*change))
+            r = pytester.runpytest_subprocess("--testmon", *tach)
+            seen.append(r.parseoutcomes())
+            db = sqlite3.connect(pytester.path / ".testmondata")
+            seen.append([db.execute(f"select count(*) from {t}").fetchone()[0]
+                         for t in ("test_execution", "test_execution_file_fp", "file_fp")])
+            db.close()
+        (pytester.path / "pkg.py").write_text("def a():\n    return 1\n\ndef b():\n    return 2\n")
+        return seen
+
+    plain = runs()
+    assert plain[4] == {"failed": 1, "deselected": 6}
+    assert runs("-p", "tach", "--tach-isolate", mode) == plain
+
+
+def test_testmon_beside_pytest_cov(pytester: pytest.Pytester) -> None:
+    """pytest-testmon stops pytest-cov's measuring while it measures, and hands pytest-cov
+    the lines afterwards: they reach pytest-cov's report (they were lost, and tach
+    printed an internal error from coverage.py in every test process)."""
+    pytest.importorskip("testmon")
+    pytest.importorskip("pytest_cov")
+    pytester.makepyfile(pkg="def a():\n    return 1\n\ndef b():\n    return 2\n")
+    pytester.makepyfile(test_x="import pkg\n\ndef test_a():\n    assert pkg.a()\n\ndef test_b():\n    assert pkg.b()\n")
+
+    def total(*tach: str) -> str:
+        for f in [*pytester.path.glob(".testmondata*"), *pytester.path.glob(".coverage*")]:
+            f.unlink()
+        r = pytester.runpytest_subprocess("--testmon", "--cov=pkg", "--cov-report=term", *tach)
+        assert "internal error" not in r.stdout.str() + r.stderr.str()
+        return next(line for line in r.stdout.lines if line.startswith("TOTAL"))
+
+    plain = total()
+    assert plain.endswith("100%")
+    for mode in MODES:
+        assert total("-p", "tach", "--tach-isolate", mode) == plain

@@ -94,9 +94,7 @@ def _adopt(cov: Any) -> None:
         # Nothing in a forked process may touch the data file: coverage.py would take
         # it for its own after a fork and erase it (CoverageData._start_using), and
         # under `coverage run` without -p it is the main process's file.
-        from coverage.data import CoverageData
-
-        cov._data = CoverageData(no_disk=True)
+        cov._data = _fork_data(rec)
         cov._auto_save = False
         cov._warn_no_data = False
         cov._warn_unimported_source = False
@@ -113,6 +111,32 @@ def _adopt(cov: Any) -> None:
     if inorout is not None:
         rec.unmatched = list(getattr(inorout, "source_pkgs_unmatched", []))
         rec.imported = {p for p in getattr(inorout, "source_pkgs", []) if p in sys.modules}
+
+
+def _fork_data(rec: Recorder) -> Any:
+    """What a forked process's Coverage gets as its data: whatever is added to it goes
+    where its collector's data goes, the Recorder (pytest-testmon adds the lines it
+    measured for pytest-cov there: ``get_data().add_lines``), and nothing is kept or
+    written (the main process lists the files that never ran)."""
+    from coverage.data import CoverageData
+
+    class ForkData(CoverageData):  # type: ignore[misc]
+        def add_lines(self, line_data: dict[str, Iterable[int]]) -> None:
+            rec.add_lines(line_data)
+
+        def add_arcs(self, arc_data: dict[str, Iterable[tuple[int, int]]]) -> None:
+            rec.add_arcs(arc_data)
+
+        def add_file_tracers(self, file_tracers: dict[str, str]) -> None:
+            rec.add_file_tracers(file_tracers)
+
+        def touch_file(self, filename: str, plugin_name: str = "") -> None:
+            pass
+
+        def touch_files(self, filenames: Iterable[str], plugin_name: str | None = None) -> None:
+            pass
+
+    return ForkData(no_disk=True)
 
 
 def _take(cov: Any) -> dict[str, Any] | None:
@@ -256,16 +280,20 @@ class CoverageBridge:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.merged: dict[int, Merged] = {}
+        #: the Coverage objects measuring when this process was forked: they hand over
+        #: even if stopped since (pytest-testmon stops pytest-cov's while it measures)
+        self.adopted: list[Any] = []
 
     # -- forked processes ---------------------------------------------------------
     def pytest_tach_forked(self, config: pytest.Config, role: str) -> None:
-        for cov in started():
+        self.adopted = list(dict.fromkeys([*self.adopted, *started()]))
+        for cov in self.adopted:
             _adopt(cov)
 
     def pytest_tach_handover(self, config: pytest.Config, item: pytest.Item | None,
                              output: dict[str, Any]) -> None:
         payloads = []
-        for cov in started():
+        for cov in dict.fromkeys([*self.adopted, *started()]):
             payload = _take(cov)
             if item is None:  # a zygote: what runs next belongs to no test's setup
                 rec = cov._collector.covdata

@@ -248,6 +248,38 @@ class Syrupy:
             cleanup_snapshot_write_sidecars(*self.written)
 
 
+class Testmon:
+    """pytest-testmon records which lines each test ran with a coverage.py of its own
+    and saves them to .testmondata when the test's teardown report is logged: the main
+    process does (the report carries the lines, as it does from a pytest-xdist worker).
+    But testmon hands its lines over only at the end of a batch of tests, which it
+    decides by pytest's ``nextitem`` being None: never so in a tach process, whose last
+    test is followed by a stand-in for what its zygote keeps. And each forked process
+    took itself for the only one and wrote to the database too. So in forked processes
+    testmon acts as a pytest-xdist worker does, and hands its batch over at the end of
+    each of tach's batches."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def _collect(self) -> Any:
+        return self.config.pluginmanager.get_plugin("TestmonCollect")
+
+    def pytest_tach_forked(self, config: pytest.Config, role: str) -> None:
+        collect = self._collect()
+        if collect is not None:
+            collect._running_as = "worker"  # the main process saves, from the reports
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Any) -> Any:
+        from tach.zygote import _ScopeEnd
+
+        collect = self._collect()
+        if isinstance(nextitem, _ScopeEnd) and collect is not None:
+            collect.testmon._next_test_name = None  # this process's batch ends here
+        yield
+
+
 def _xfailed(item: Any) -> bool:
     """Whether pytest ran item as an expected failure (what syrupy's report counts)."""
     from _pytest.skipping import xfailed_key
@@ -270,3 +302,5 @@ def register(config: pytest.Config) -> None:
         pm.register(Benchmark(config), "tach-benchmark")
     if pm.has_plugin("syrupy"):
         pm.register(Syrupy(config), "tach-syrupy")
+    if pm.has_plugin("TestmonCollect"):
+        pm.register(Testmon(config), "tach-testmon")
