@@ -280,6 +280,25 @@ class Testmon:
         yield
 
 
+class SyrupyTooOld:
+    """Before syrupy 7 the main process finds a run's snapshot files only through the
+    assertions it made itself (none under tach), so what other processes asserted cannot
+    complete its report: unused snapshots would go unreported, and before its
+    pytest-xdist support (6.x) every snapshot would be called unused and
+    --snapshot-update would delete them all. Refuse, clearly, to run its snapshot tests
+    under tach rather than give a wrong result or lose snapshots."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if any("snapshot" in getattr(item, "fixturenames", ()) for item in session.items):
+            raise pytest.UsageError(
+                f"syrupy {self.version} keeps its snapshot session in the processes that run the tests, and "
+                "cannot take what other processes asserted; tach needs syrupy >= 7 for that "
+                "(pip install 'syrupy>=7'), or run these tests without tach (-p no:tach)")
+
+
 def _xfailed(item: Any) -> bool:
     """Whether pytest ran item as an expected failure (what syrupy's report counts)."""
     from _pytest.skipping import xfailed_key
@@ -301,6 +320,12 @@ def register(config: pytest.Config) -> None:
     if pm.has_plugin("benchmark") or pm.has_plugin("pytest_benchmark.plugin"):
         pm.register(Benchmark(config), "tach-benchmark")
     if pm.has_plugin("syrupy"):
-        pm.register(Syrupy(config), "tach-syrupy")
+        from importlib.metadata import version
+
+        syrupy_version = version("syrupy")
+        if int(syrupy_version.split(".")[0]) >= 7:
+            pm.register(Syrupy(config), "tach-syrupy")
+        else:
+            pm.register(SyrupyTooOld(syrupy_version), "tach-syrupy")
     if pm.has_plugin("TestmonCollect"):
         pm.register(Testmon(config), "tach-testmon")
