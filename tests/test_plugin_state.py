@@ -297,3 +297,65 @@ def test_testmon_beside_pytest_cov(pytester: pytest.Pytester) -> None:
     assert plain.endswith("100%")
     for mode in MODES:
         assert total("-p", "tach", "--tach-isolate", mode) == plain
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dependency_chains_hold_as_in_a_plain_run(pytester: pytest.Pytester, mode: str) -> None:
+    """pytest-dependency: a test runs only if the tests it depends on passed earlier
+    (before: 3 passed, 6 skipped against 7 passed, 2 skipped; the results were recorded
+    in other processes). Module, class and session scope; a module fixture beside."""
+    pytest.importorskip("pytest_dependency")
+    pytester.makepyfile(test_a="""
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def shared():
+            return {}
+
+        @pytest.mark.dependency()
+        def test_one(shared):
+            pass
+
+        @pytest.mark.dependency()
+        def test_fails():
+            assert False
+
+        @pytest.mark.dependency(depends=["test_one"])
+        def test_needs_one(shared):
+            pass
+
+        @pytest.mark.dependency(depends=["test_fails"])
+        def test_needs_failed():
+            pass
+
+        @pytest.mark.dependency(depends=["test_needs_one"])
+        def test_chain():
+            pass
+
+        def test_unrelated(shared):
+            pass
+
+        class TestK:
+            @pytest.mark.dependency()
+            def test_k1(self):
+                pass
+
+            @pytest.mark.dependency(depends=["TestK::test_k1"])
+            def test_k2(self):
+                pass
+    """, test_b="""
+        import pytest
+
+        @pytest.mark.dependency(depends=["test_a.py::test_one"], scope="session")
+        def test_across_modules():
+            pass
+
+        @pytest.mark.dependency(depends=["test_a.py::test_fails"], scope="session")
+        def test_across_to_failed():
+            pass
+    """)
+    from conftest import run_both
+
+    plain, tached = run_both(pytester, tach_args=("--tach-isolate", mode))
+    assert sorted(plain.values()).count("skipped") == 2 and sorted(plain.values()).count("passed") == 7
+    assert tached == plain

@@ -83,6 +83,11 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     if not items:
         return result
     levels = plan.plan(items, settings.isolate)
+    groups: dict[int, str] = {}
+    if config.pluginmanager.has_plugin("dependency"):  # pytest-dependency: see plan.py
+        groups = plan.dependency_groups(items, bool(config.getini("automark_dependency")))
+        for i, group in groups.items():
+            levels[i] = plan.cut_for_group(levels[i], group)
     # Children must never clean up each other's temp dirs: create the base now.
     tmp_factory = getattr(config, "_tmp_path_factory", None)
     if tmp_factory is not None:
@@ -128,6 +133,8 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
         shutil.rmtree(private, ignore_errors=True)
         raise
     batches = plan.batch_keys(items, settings.isolate, settings.workers)
+    for i, group in groups.items():
+        batches[i] = group
     tests = [{
         "nodeid": item.nodeid,
         "chain": [lv.key for lv in levels[i]],

@@ -176,3 +176,51 @@ def plan(items: Sequence[pytest.Item], isolate: str = "test") -> list[list[Level
     if isolate != "test":
         chains = [[lv for lv in c if lv.scope in ("session", "package")] for c in chains]
     return chains
+
+
+_WIDTH = {"class": 0, "module": 1, "package": 2, "session": 3}
+
+
+def dependency_groups(items: Sequence[pytest.Item], automark: bool) -> dict[int, str]:
+    """pytest-dependency: which tests must run in one process, in collection order.
+
+    A test marked ``dependency(depends=[...])`` is skipped unless the tests it names
+    passed earlier; pytest-dependency records their results on the nodes of the process
+    that ran them. So every test taking part (marked ``dependency``, or all tests with
+    the ini key automark_dependency) runs in one process with the others it may name,
+    in collection order: per module, or per package or for the whole session where a
+    ``depends`` reaches that wide. Returns item index -> group, for those taking part.
+    """
+    involved: dict[int, Any] = {}
+    widest: dict[Any, int] = {}  # a package node or the session -> widest scope reaching it
+    for i, item in enumerate(items):
+        marker = item.get_closest_marker("dependency")
+        if marker is None and not automark:
+            continue
+        involved[i] = marker
+        scope = marker.kwargs.get("scope", "module") if marker is not None and marker.kwargs.get("depends") else ""
+        if scope in ("session", "package"):
+            node = item.session if scope == "session" else item.getparent(pytest.Package)
+            if node is not None:
+                widest[node] = max(widest.get(node, 0), _WIDTH[scope])
+    whole_session = any(_WIDTH["session"] == w for w in widest.values())
+    groups: dict[int, str] = {}
+    for i in involved:
+        item = items[i]
+        if whole_session:
+            groups[i] = "dependency:session"
+            continue
+        pkg = item.getparent(pytest.Package)
+        if pkg is not None and pkg in widest:
+            groups[i] = f"dependency:{pkg.nodeid}"
+            continue
+        groups[i] = f"dependency:{batch_key(item)}"
+    return groups
+
+
+def cut_for_group(chain_: list[Level], group: str) -> list[Level]:
+    """An item's chain when it runs in a dependency group's process: only the zygotes
+    every test of the group can share (the session's, and for a package group the
+    package's); the process sets up the rest itself, as a plain pytest process does."""
+    keep = ("session",) if group == "dependency:session" else ("session", "package")
+    return [lv for lv in chain_ if lv.scope in keep]
