@@ -629,6 +629,7 @@ def test_tach_collector_records_what_pytest_cov_contexts_record(
 def test_tach_collector_keeps_each_tests_lines_in_the_cache(lines_project: Path) -> None:
     r = pytest_run(lines_project, "--tach-coverage", "tests/test_places.py", tach=(), cache=True)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "tach coverage: the lines of 9 tests, in " in r.stdout
     doc = json.loads((lines_project / ".pytest_cache" / "d" / "tach-coverage" / "lines.json").read_text())
     files = [f["path"] for f in doc["files"]]
     assert all(f["sha1"] for f in doc["files"])

@@ -205,6 +205,7 @@ class LineCoverage(Attribution):
         self.lines = lines
         self.data_file = data_file
         self.merged: dict[Label, dict[str, set[int]]] = {}
+        self.written: list[str] = []  # where the lines went, for the summary
 
     # -- attribution (attribution.py) -----------------------------------------------
     def active(self) -> bool:
@@ -279,9 +280,17 @@ class LineCoverage(Attribution):
             return
         cache = getattr(self.config, "cache", None)
         if cache is not None:
-            store(Path(cache.mkdir(CACHE_DIR)) / "lines.json", self.merged, str(self.config.rootpath))
+            path = Path(cache.mkdir(CACHE_DIR)) / "lines.json"
+            store(path, self.merged, str(self.config.rootpath))
+            self.written.append(str(path))
         if self.data_file:
             write_coverage_data(self.data_file, self.merged, self.lines)
+            self.written.append(f"{self.data_file} (coverage.py data)")
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tests = len({label[0] for label in self.merged if label is not None})
+        where = ", ".join(self.written) or "nowhere (pytest's cache is off: -p no:cacheprovider)"
+        terminalreporter.write_line(f"tach coverage: the lines of {tests} tests, in {where}")
 
 
 def store(path: Path, merged: dict[Label, dict[str, set[int]]], root: str) -> None:
