@@ -47,24 +47,25 @@ def work(ms):
 '''
 
 
-def trivial(root: Path) -> int:
-    """2000 small tests, each running a few lines of the measured package."""
+def _suite(root: Path, modules: int, per_module: int, call: str) -> int:
+    """The measured package, and modules of tests that each run `call` (a format with
+    {i}, the test's number in its module)."""
     (root / "mypkg").mkdir()
     (root / "mypkg" / "__init__.py").write_text(PACKAGE)
-    for m in range(20):
-        (root / f"test_t{m:02d}.py").write_text("import mypkg\n\n" + "".join(
-            f"def test_{i}():\n    assert mypkg.small({i % 7 + 1}) is not None\n\n" for i in range(100)))
-    return 2000
+    for m in range(modules):
+        (root / f"test_{m:02d}.py").write_text("import mypkg\n\n" + "".join(
+            f"def test_{i}():\n    assert {call.format(i=i)}\n\n" for i in range(per_module)))
+    return modules * per_module
+
+
+def trivial(root: Path) -> int:
+    """2000 small tests, each running a few lines of the measured package."""
+    return _suite(root, 20, 100, "mypkg.small({i} % 7 + 1) is not None")
 
 
 def busy(root: Path) -> int:
     """200 tests, each running ~20 ms of the measured package's code (untraced)."""
-    (root / "mypkg").mkdir()
-    (root / "mypkg" / "__init__.py").write_text(PACKAGE)
-    for m in range(4):
-        (root / f"test_b{m}.py").write_text("import mypkg\n\n" + "".join(
-            f"def test_{i}():\n    assert mypkg.work(20) >= 0\n\n" for i in range(50)))
-    return 200
+    return _suite(root, 4, 50, "mypkg.work(20) >= 0")
 
 
 def fixtures(root: Path) -> int:

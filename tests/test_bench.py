@@ -69,23 +69,27 @@ SCENARIO = {
 }
 
 
-def _scenario(tmp_path: Path, explain: bool) -> Path:
-    proj = tmp_path / "scenario"
-    proj.mkdir(exist_ok=True)
-    for name, body in SCENARIO.items():
-        (proj / name).write_text(textwrap.dedent(body))
-    explanation = ('explain = { "test_order::test_reader_*" = '
-                   '"depends on test_writer having run in the same process" }') if explain else ""
+def _write_suites(tmp_path: Path, name: str, files: dict[str, str], extra: str) -> Path:
+    """A local project of these files, and a suites.toml naming it (extra: its keys)."""
+    proj = tmp_path / name
+    for rel, body in files.items():
+        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+        (proj / rel).write_text(textwrap.dedent(body))
     suites = tmp_path / "suites.toml"
     suites.write_text(textwrap.dedent(f"""
         [[project]]
-        name = "scenario"
-        path = "scenario"
+        name = "{name}"
+        path = "{name}"
         tests = ["."]
         args = ["-p", "no:randomly"]
-        {explanation}
-    """))
+    """) + extra + "\n")
     return suites
+
+
+def _scenario(tmp_path: Path, explain: bool) -> Path:
+    explanation = ('explain = { "test_order::test_reader_*" = '
+                   '"depends on test_writer having run in the same process" }') if explain else ""
+    return _write_suites(tmp_path, "scenario", SCENARIO, explanation)
 
 
 def _parity(tmp_path: Path, suites: Path) -> tuple[subprocess.CompletedProcess[str], str]:
@@ -144,23 +148,9 @@ COVERAGE_SCENARIO = {
 
 
 def _coverage_scenario(tmp_path: Path, explain: bool) -> Path:
-    proj = tmp_path / "covscenario"
-    for name, body in COVERAGE_SCENARIO.items():
-        (proj / name).parent.mkdir(parents=True, exist_ok=True)
-        (proj / name).write_text(textwrap.dedent(body))
     explanation = ('cov_explain = { test = "check() sees what mark() left only in one process" }'
                    if explain else "")
-    suites = tmp_path / "suites.toml"
-    suites.write_text(textwrap.dedent(f"""
-        [[project]]
-        name = "covscenario"
-        path = "covscenario"
-        tests = ["."]
-        args = ["-p", "no:randomly"]
-        cov = ["covpkg"]
-        {explanation}
-    """))
-    return suites
+    return _write_suites(tmp_path, "covscenario", COVERAGE_SCENARIO, f'cov = ["covpkg"]\n{explanation}')
 
 
 def test_parity_compares_coverage_and_finds_a_difference(tmp_path: Path) -> None:

@@ -279,15 +279,23 @@ func TestCallGateGivesTurnsInDispatchOrderAndTakesThemBackFromCrashes(t *testing
 	s.Stop(StopKill)
 }
 
-func TestCallOverPassesTheTurnOnBeforeTheTestIsDone(t *testing.T) {
+// turnHeldByA starts two runners under a call limit of one: A has been given the
+// turn, B asks for it (pids from base).
+func turnHeldByA(t *testing.T, base int) (s *Supervisor, a *fake, ta int, b *fake, tb int) {
+	t.Helper()
 	s, path, root := startWith(t, 2, Config{Workers: 2, CallLimit: 1})
 	zyg := sessionZygote(t, path, root)
 	runA, runB := zyg.recv(), zyg.recv()
-	a, ta := runnerFor(t, path, zyg, runA, 4_100_001)
+	a, ta = runnerFor(t, path, zyg, runA, base+1)
 	a.send(map[string]any{"t": "await_call", "test": ta})
 	a.expectGo("first runner")
-	b, tb := runnerFor(t, path, zyg, runB, 4_100_002)
+	b, tb = runnerFor(t, path, zyg, runB, base+2)
 	b.send(map[string]any{"t": "await_call", "test": tb})
+	return s, a, ta, b, tb
+}
+
+func TestCallOverPassesTheTurnOnBeforeTheTestIsDone(t *testing.T) {
+	s, a, ta, b, tb := turnHeldByA(t, 4_100_000)
 	b.quiet(200 * time.Millisecond)
 	a.send(map[string]any{"t": "call_over", "test": ta}) // A tears down: B may call
 	b.expectGo("second runner")
@@ -617,14 +625,7 @@ func TestWithACallLimitTestsAreReportedInDispatchOrder(t *testing.T) {
 	// A passes its call and gives the turn on (call_over) while it tears down; B fails
 	// and is done first. Its event must wait for A's: with -x the main process stops
 	// at B, and a plain run would have reported A before it.
-	s, path, root := startWith(t, 2, Config{Workers: 2, CallLimit: 1})
-	zyg := sessionZygote(t, path, root)
-	runA, runB := zyg.recv(), zyg.recv()
-	a, ta := runnerFor(t, path, zyg, runA, 4_200_001)
-	a.send(map[string]any{"t": "await_call", "test": ta})
-	a.expectGo("first runner")
-	b, tb := runnerFor(t, path, zyg, runB, 4_200_002)
-	b.send(map[string]any{"t": "await_call", "test": tb})
+	s, a, ta, b, tb := turnHeldByA(t, 4_200_000)
 	a.send(map[string]any{"t": "call_over", "test": ta})
 	b.expectGo("second runner")
 	b.send(map[string]any{"t": "report", "test": tb, "data": map[string]any{"when": "call"}})
