@@ -19,6 +19,17 @@ pytest_plugins = ["pytester"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
+#: The interpreters that run every mode of the slow matrices (coverage parity, plugin
+#: state): 3.11 (coverage.py's ctrace core) and 3.12 (its sysmon core); the others run
+#: a part, so that `make test` on five interpreters stays well inside CI's time.
+FULL_MATRIX = sys.version_info[:2] in ((3, 11), (3, 12))
+
+
+def matrix(every: list[str], part: list[str]) -> list[str]:
+    """Parameters for a slow matrix: every one on FULL_MATRIX interpreters, else part."""
+    return every if FULL_MATRIX else part
+
+
 requires_free_threading = pytest.mark.skipif(
     not FREE_THREADED, reason="needs a free-threaded CPython build (make test runs one)"
 )

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from conftest import FREE_THREADED, run_python
+from conftest import FREE_THREADED, matrix, run_python
 
 coverage = pytest.importorskip("coverage")
 pytest.importorskip("pytest_cov")
@@ -366,7 +366,11 @@ def test_the_corpus_runs_every_place_in_a_plain_run(project: Path, plain_branch_
     assert "otherpkg/unused.py" in plain_branch_contexts  # reported as never run
 
 
-@pytest.mark.parametrize("mode", list(TACH_MODES))
+#: every mode on 3.11, 3.12 and the free-threaded build; elsewhere two (conftest.matrix)
+MODES_HERE = list(TACH_MODES) if FREE_THREADED else matrix(list(TACH_MODES), ["test-snapshot", "none"])
+
+
+@pytest.mark.parametrize("mode", MODES_HERE)
 def test_pytest_cov_data_identical_to_plain(project: Path, plain_branch_contexts: dict[str, Any], mode: str) -> None:
     """--cov-branch --cov-context=test: lines, arcs and per-line test contexts."""
     r = pytest_run(project, "--cov-branch", "--cov-context=test", *COV_ARGS, tach=TACH_MODES[mode])
@@ -446,7 +450,7 @@ def test_coverage_run_parallel_mode_and_combine(project: Path) -> None:
 
 
 @pytest.mark.skipif(not HAS_SYSMON, reason="coverage.py's sys.monitoring core needs Python 3.12+")
-@pytest.mark.parametrize("mode", ["test-snapshot", "test-fork", "module", "none"])
+@pytest.mark.parametrize("mode", matrix(["test-snapshot", "test-fork", "module", "none"], ["test-snapshot"]))
 def test_sysmon_core_identical_to_plain(project: Path, mode: str) -> None:
     """COVERAGE_CORE=sysmon (PEP 669): its callbacks disable themselves once a line has
     run, and forked processes inherit that; what each process runs first is still
@@ -613,7 +617,7 @@ def plain_test_contexts(lines_project: Path) -> dict[str, Any]:
 
 
 @requires_sysmon
-@pytest.mark.parametrize("mode", [*TACH_MODES, "in-process"])
+@pytest.mark.parametrize("mode", [*MODES_HERE, "in-process"])
 def test_tach_collector_records_what_pytest_cov_contexts_record(
         lines_project: Path, plain_test_contexts: dict[str, Any], mode: str) -> None:
     """--tach-coverage-data: the same lines, and per line the same tests and phases, as
