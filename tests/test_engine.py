@@ -282,8 +282,10 @@ CRASHERS = """
 def test_crashes_are_contained_and_reported(pytester: pytest.Pytester, mode: str) -> None:
     pytester.makepyfile(test_crash=CRASHERS)
     xml = pytester.path / "out.xml"
-    r = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", f"--junitxml={xml}",
-                                      "--tach-isolate", mode)
+    # -p no:timeout: tach's own deadline for the timeout marker (pytest-timeout's is
+    # tests/test_fixture_shapes.py's)
+    r = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "-p", "no:timeout",
+                                      f"--junitxml={xml}", "--tach-isolate", mode)
     outcomes = outcomes_by_test(xml)
     assert outcomes == {
         "test_crash::test_ok": "passed", "test_crash::test_ok_too": "passed",
@@ -831,7 +833,10 @@ def test_sequential_in_process_runs(pytester: pytest.Pytester) -> None:
     driver = pytester.makepyfile(driver="""
         import os, pytest
         def run():
-            return int(pytest.main(["-q", "-p", "tach", "-p", "no:cacheprovider", "test_two.py"]))
+            # -p no:xdist: pytest-xdist 3.8 leaves two sockets open per pytest.main(),
+            # with or without tach
+            return int(pytest.main(["-q", "-p", "tach", "-p", "no:cacheprovider", "-p", "no:xdist",
+                                    "test_two.py"]))
         codes = [run()]
         fds = len(os.listdir("/proc/self/fd"))
         codes += [run(), run()]

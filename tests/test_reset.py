@@ -154,7 +154,7 @@ def test_crash_and_timeout_in_a_reused_process(pytester: pytest.Pytester) -> Non
         def test_after(i):
             pass
     """)
-    r = run(pytester, "-rf")
+    r = run(pytester, "-rf", "-p", "no:timeout")  # tach's deadline for the marker
     r.assert_outcomes(passed=6, failed=2)
     r.stdout.fnmatch_lines([
         "*crashed while running 'test_crash_and_timeout_in_a_reused_process.py::test_segfault'*",

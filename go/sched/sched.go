@@ -109,6 +109,7 @@ type Runner struct {
 	final      bool
 	alive      bool
 	alone      bool // its batch runs with nothing else running
+	atGate     bool // its final test waits at the teardown gate: it does nothing meanwhile
 }
 
 // Scheduler tracks the tree, the runners and the concurrency limit.
@@ -123,7 +124,9 @@ type Scheduler struct {
 	done       []bool
 	left       int
 	stopped    bool
-	alone      *Runner // running a batch that must run alone
+	// aloneGoing counts runners running a batch that must run alone (at most one,
+	// except while such runners wait at the teardown gate, where they run nothing).
+	aloneGoing int
 }
 
 // New builds the tree for tests. At most limit runners (and zygotes setting up) are
@@ -222,6 +225,17 @@ func (s *Scheduler) Ready(id int) {
 	}
 }
 
+// SettingUp returns the zygotes told to spawn that are not ready yet.
+func (s *Scheduler) SettingUp() []int {
+	var out []int
+	for _, z := range s.zygotes {
+		if z.state == spawning {
+			out = append(out, z.ID)
+		}
+	}
+	return out
+}
+
 // SetSerial makes zygote id's subtree run one runner at a time from now on.
 func (s *Scheduler) SetSerial(id int) {
 	if z := s.Zygote(id); z != nil {
@@ -236,10 +250,11 @@ func (s *Scheduler) Stop() { s.stopped = true }
 func (s *Scheduler) Next() []Action {
 	var out []Action
 	for _, r := range s.runners {
-		if r.alive && r.Persistent && len(r.batch) == 0 && (s.stopped || !s.hasWork(r.Zygote)) {
-			// Nothing left that this runner could take: let it go.
-			r.alive = false
-			s.busy--
+		if r.alive && r.Persistent && len(r.batch) == 0 && (s.stopped || s.batchAt(r.Zygote) < 0) {
+			// Nothing queued that this runner could take: let it go. Child zygotes its
+			// zygote still has queued need processes of their own, and an idle runner
+			// kept for them would hold a place they are waiting for.
+			s.release(r)
 			out = append(out, Action{Kind: Retire, Zygote: r.Zygote.ID, Runner: r.ID})
 		}
 	}
@@ -275,8 +290,18 @@ func (s *Scheduler) GateOpen(id int) bool {
 	if id < 0 || id >= len(s.runners) {
 		return false
 	}
-	for z := s.runners[id].Zygote; z != nil; z = z.Parent {
-		if len(z.queue) > 0 || z.active != 1 {
+	r := s.runners[id]
+	if r.atGate && s.busy >= s.limit {
+		return false // tearing down takes a place again
+	}
+	if s.aloneGoing > 0 {
+		return false // a test that must run alone is running: teardowns wait for it
+	}
+	if r.alone && s.zygotes[0].busy > 0 {
+		return false // and its own teardown waits until nothing else runs
+	}
+	for z := r.Zygote; z != nil; z = z.Parent {
+		if len(z.queue) > 0 || z.active != 1 || s.serialBusy(z) {
 			return false
 		}
 		if !z.isLast {
@@ -286,8 +311,19 @@ func (s *Scheduler) GateOpen(id int) bool {
 	return true
 }
 
-// hasWork reports whether z still has queued units of its own.
-func (s *Scheduler) hasWork(z *Zygote) bool { return z.state == ready && len(z.queue) > 0 }
+// batchAt returns the position of the first batch in z's queue (one a runner can
+// take, not a child zygote), or -1.
+func (s *Scheduler) batchAt(z *Zygote) int {
+	if z.state != ready {
+		return -1
+	}
+	for i, u := range z.queue {
+		if u.child == nil {
+			return i
+		}
+	}
+	return -1
+}
 
 func (s *Scheduler) idleRunner(z *Zygote) *Runner {
 	for _, r := range s.runners {
@@ -308,24 +344,33 @@ func (s *Scheduler) find(z *Zygote) (Action, bool) {
 			return a, true
 		}
 	}
-	if len(z.queue) == 0 || s.alone != nil || s.serialBusy(z) {
+	if len(z.queue) == 0 || s.aloneGoing > 0 || s.serialBusy(z) {
 		return Action{}, false
 	}
-	final := len(z.queue) == 1 && z.Parent != nil
-	u := z.queue[0]
+	// The last unit dispatched tears the zygote down; tests of a runner that died are
+	// queued again after it may have been, and then run as ordinary units.
+	final := len(z.queue) == 1 && z.Parent != nil && !z.final
+	at := 0
+	var idle *Runner
+	if s.persistent {
+		// An idle runner of z takes z's next batch even where a child zygote is queued
+		// before it: the runner is already there, the child needs a place of its own.
+		if idle = s.idleRunner(z); idle != nil {
+			if at = s.batchAt(z); at < 0 {
+				at, idle = 0, nil
+			}
+		}
+	}
+	u := z.queue[at]
 	if u.alone && s.zygotes[0].busy > 0 {
 		return Action{}, false
-	}
-	var idle *Runner
-	if u.child == nil && s.persistent {
-		idle = s.idleRunner(z)
 	}
 	if idle == nil && s.busy >= s.limit {
 		return Action{}, false
 	}
-	z.queue = z.queue[1:]
+	z.queue = append(z.queue[:at:at], z.queue[at+1:]...)
 	z.active++
-	z.final = final
+	z.final = z.final || final
 	switch {
 	case u.child != nil:
 		s.busy++
@@ -368,18 +413,74 @@ func (s *Scheduler) startBatch(r *Runner, alone bool) {
 	for _, i := range r.batch {
 		s.testRunner[i] = r
 	}
-	s.addBusy(r.Zygote, 1)
 	r.alone = alone
-	if alone {
-		s.alone = r
+	s.going(r, 1)
+}
+
+// going counts r in (n = 1) or out (n = -1) of the work going on: its zygotes'
+// subtrees are busy (serial zygotes wait for them), and an alone batch holds off
+// everything else.
+func (s *Scheduler) going(r *Runner, n int) {
+	s.addBusy(r.Zygote, n)
+	if r.alone {
+		s.aloneGoing += n
 	}
 }
 
-// endBatch undoes startBatch's accounting when r's batch ends, however it ends.
+// endBatch undoes startBatch's accounting when r's batch ends, however it ends (a
+// runner at the gate was counted out when it got there).
 func (s *Scheduler) endBatch(r *Runner) {
-	s.addBusy(r.Zygote, -1)
-	if s.alone == r {
-		s.alone = nil
+	if !r.atGate {
+		s.going(r, -1)
+	}
+}
+
+// release takes r out of the count against the limit for good.
+func (s *Scheduler) release(r *Runner) {
+	if r.alive {
+		r.alive = false
+		if !r.atGate {
+			s.busy--
+		}
+	}
+}
+
+// leaveGate ends r's wait at the gate once its batch is over: a long-lived runner
+// that lives on counts against the limit again.
+func (s *Scheduler) leaveGate(r *Runner) {
+	if r.atGate {
+		r.atGate = false
+		if r.alive {
+			s.busy++
+		}
+	}
+}
+
+// AtGate records that runner id's final test waits at the teardown gate. It runs
+// nothing until it goes through, so it no longer counts against the limit nor holds
+// off serial zygotes' other work or tests that must run alone: any of those may be
+// the very units it waits for.
+func (s *Scheduler) AtGate(id int) {
+	if id < 0 || id >= len(s.runners) {
+		return
+	}
+	if r := s.runners[id]; r.alive && len(r.batch) > 0 && !r.atGate {
+		r.atGate = true
+		s.going(r, -1)
+		s.busy--
+	}
+}
+
+// Through records that runner id went through the gate (GateOpen said it may): it
+// tears its scopes down now, and counts again.
+func (s *Scheduler) Through(id int) {
+	if id < 0 || id >= len(s.runners) {
+		return
+	}
+	if r := s.runners[id]; r.atGate {
+		r.atGate = false
+		s.going(r, 1)
+		s.busy++
 	}
 }
 
@@ -409,10 +510,10 @@ func (s *Scheduler) TestDone(i int) {
 func (s *Scheduler) batchDone(r *Runner) {
 	r.Zygote.active--
 	s.endBatch(r)
-	if !r.Persistent && r.alive {
-		r.alive = false
-		s.busy--
+	if !r.Persistent {
+		s.release(r)
 	}
+	s.leaveGate(r)
 }
 
 // RunnerExited records the end of runner id's process (the caller has already
@@ -434,6 +535,9 @@ func (s *Scheduler) RunnerExited(id int, requeue bool) (rest []int) {
 		switch {
 		case requeue && z.state == ready && !s.stopped:
 			z.queue = append([]*unit{{tests: rest, first: rest[0]}}, z.queue...)
+			if r.final {
+				z.final = false // the unit dispatched last tears the zygote down instead
+			}
 			for _, i := range rest {
 				s.testRunner[i] = nil
 			}
@@ -448,10 +552,8 @@ func (s *Scheduler) RunnerExited(id int, requeue bool) (rest []int) {
 			rest = nil // the zygote is gone or the run stops: ZygoteExited reports them
 		}
 	}
-	if r.alive {
-		r.alive = false
-		s.busy--
-	}
+	s.release(r)
+	r.atGate = false
 	return rest
 }
 
@@ -483,14 +585,14 @@ func (s *Scheduler) kill(z *Zygote) (lost []int, runners []int) {
 		if r.Zygote == z {
 			if r.alive {
 				runners = append(runners, r.ID)
-				r.alive = false
-				s.busy--
+				s.release(r)
 			}
 			if len(r.batch) > 0 {
 				owed = append(owed, r.batch...)
 				r.batch = nil
 				s.endBatch(r)
 			}
+			r.atGate = false
 		}
 	}
 	for _, u := range z.queue {

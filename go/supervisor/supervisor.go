@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"sync"
 	"time"
 
@@ -44,8 +45,12 @@ type Config struct {
 	// test's process is forked and set up while the current one runs (stress mode:
 	// one test's threads should have the cores to themselves, but fork and setup
 	// need not wait).
-	CallLimit int        `msgpack:"call_limit"`
-	Tests     []TestSpec `msgpack:"tests"`
+	CallLimit int `msgpack:"call_limit"`
+	// StallReport > 0: after that many seconds in which no process has said anything
+	// and none has ended, a "stall" event says what the run is waiting for (again after
+	// twice as long, and so on), rather than the run waiting silently.
+	StallReport float64    `msgpack:"stall_report"`
+	Tests       []TestSpec `msgpack:"tests"`
 }
 
 // Event is what Poll returns, one map per event (encoded to msgpack by the caller).
@@ -142,7 +147,9 @@ type Supervisor struct {
 	rootGone      bool
 	rootExit      *exitInfo
 	exitSent      bool
-	drained       bool // zygotes' sockets were read once more after the root was reaped
+	drained       bool          // zygotes' sockets were read once more after the root was reaped
+	progressAt    time.Time     // when a process last said something or ended
+	stallWait     time.Duration // how long after progressAt the next stall event is due
 }
 
 // Start takes over cfg.ListenFD and starts supervising.
@@ -174,6 +181,7 @@ func Start(cfg Config) (*Supervisor, error) {
 		unix.Close(cfg.ListenFD)
 		return nil, err
 	}
+	s.progress()
 	root := &zproc{id: 0, pid: cfg.RootPID, pidfd: openPidfd(cfg.RootPID)}
 	s.zygotes[0] = root
 	go s.reapRoot()
@@ -308,6 +316,7 @@ func (s *Supervisor) maybeEnd() bool {
 }
 
 func (s *Supervisor) handle(in input) {
+	s.progress()
 	cn := in.c
 	if in.err != nil {
 		s.connEnded(cn, in.err)
@@ -421,6 +430,7 @@ func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
 	case "await":
 		r.awaiting, t.pausedAt = t, time.Now()
 		s.waiting[r.id] = r
+		s.sched.AtGate(r.id)
 		s.endCall(t) // its scope's other tests may need the turn before it can go on
 	case "await_call":
 		if s.cfg.CallLimit <= 0 || t.callHeld || t.awaitingCall {
@@ -680,6 +690,7 @@ func (s *Supervisor) dispatch() {
 		if t := r.awaiting; t != nil && !r.ended && s.sched.GateOpen(r.id) {
 			r.awaiting = nil
 			delete(s.waiting, r.id)
+			s.sched.Through(r.id)
 			resume(t)
 			s.command(r.conn, map[string]any{"t": "go"})
 		}
@@ -830,9 +841,42 @@ func (s *Supervisor) emitInOrder() {
 	}
 }
 
+// progress notes that the run moved: a process said something or ended.
+func (s *Supervisor) progress() {
+	s.progressAt, s.stallWait = time.Now(), seconds(s.cfg.StallReport)
+}
+
+// stalled emits what the run is waiting for, once nothing has moved for stallWait.
+func (s *Supervisor) stalled(now time.Time) {
+	idle := now.Sub(s.progressAt)
+	if s.cfg.StallReport <= 0 || s.stopping || s.over || idle < s.stallWait {
+		return
+	}
+	s.stallWait *= 2
+	running, gated, settingUp := [][]any{}, []int{}, []string{} // lists, even when empty
+	for _, r := range s.live {
+		switch t := r.current; {
+		case r.awaiting != nil:
+			gated = append(gated, r.awaiting.idx)
+		case t != nil && !t.finished:
+			running = append(running, []any{t.idx, now.Sub(t.started).Seconds(), r.pid})
+		}
+	}
+	for _, id := range s.sched.SettingUp() {
+		settingUp = append(settingUp, s.keyOf(id))
+	}
+	sort.Slice(running, func(i, j int) bool { return running[i][0].(int) < running[j][0].(int) })
+	sort.Ints(gated)
+	sort.Strings(settingUp)
+	s.emit(Event{"t": "stall", "idle_s": idle.Seconds(), "running": running, "gated": gated,
+		"setting_up": settingUp, "left": s.sched.Left()})
+}
+
 // checkTimers enforces test deadlines (dump tracebacks, then kill), fixture-setup
-// deadlines, and a bound on waiting for a dead runner's connection to drain.
+// deadlines, and a bound on waiting for a dead runner's connection to drain; and
+// reports a run that has stopped moving.
 func (s *Supervisor) checkTimers(now time.Time) {
+	s.stalled(now)
 	grace := seconds(s.cfg.KillGrace)
 	for _, r := range s.live {
 		if t := r.current; t != nil && !t.deadline.IsZero() && t.pausedAt.IsZero() && now.After(t.deadline) && !t.timedOut {

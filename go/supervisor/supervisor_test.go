@@ -661,3 +661,36 @@ func TestWithACallLimitTestsAreReportedInDispatchOrder(t *testing.T) {
 	}
 	s.Stop(StopKill)
 }
+
+func TestARunThatStopsMovingSaysWhatItWaitsFor(t *testing.T) {
+	s, path, root := startWith(t, 2, Config{Workers: 1, StallReport: 0.05})
+	zyg := sessionZygote(t, path, root)
+	proc := exec.Command("sleep", "60")
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proc.Process.Kill() })
+	runnerFor(t, path, zyg, zyg.recv(), proc.Process.Pid) // then the test says nothing
+	var stalls []Event
+	for deadline := time.Now().Add(5 * time.Second); len(stalls) < 2 && time.Now().Before(deadline); {
+		evs, _ := s.Poll(50 * time.Millisecond)
+		for _, e := range evs {
+			if e["t"] == "stall" {
+				stalls = append(stalls, e)
+			}
+		}
+	}
+	if len(stalls) < 2 {
+		t.Fatalf("stall events: %v, want two", stalls)
+	}
+	first := stalls[0]
+	running, _ := first["running"].([][]any)
+	if len(running) != 1 || running[0][0] != 0 || running[0][2] != proc.Process.Pid || first["left"] != 2 {
+		t.Fatalf("stall event %v: want test 0 running in pid %d, 2 tests left", first, proc.Process.Pid)
+	}
+	// The next report waits twice as long: a hung run is not a flood.
+	if a, b := first["idle_s"].(float64), stalls[1]["idle_s"].(float64); b < 2*0.05 || b <= a {
+		t.Fatalf("idle_s %v then %v", a, b)
+	}
+	s.Stop(StopKill)
+}

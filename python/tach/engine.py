@@ -146,7 +146,8 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     try:
         core.start(msgpack.packb({"listen_fd": listen_fd, "root_pid": root,
                                   "workers": processes, "call_limit": call_limit, "kill_grace": 1.0,
-                                  "persistent": settings.isolate == "none", "tests": tests}))
+                                  "persistent": settings.isolate == "none",
+                                  "stall_report": settings.stall_report, "tests": tests}))
     except BaseException:
         _kill_root(root)
         shutil.rmtree(private, ignore_errors=True)
@@ -192,6 +193,8 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
                         tr = config.pluginmanager.get_plugin("terminalreporter")
                         if tr is not None:
                             tr.write_line(f"tach: {ev['msg']}")
+                elif t == "stall":
+                    _say_stall(config, items, ev)
                 elif t == "handover":  # from a zygote: fixture setup, or teardown after a stop
                     handover.receive_frame(config, ev["frame"])
                 elif t == "abort" and abort is None:
@@ -223,6 +226,22 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     if abort is not None:
         pytest.exit(abort["reason"], returncode=abort["code"])
     return result
+
+
+def _say_stall(config: pytest.Config, items: list[pytest.Item], ev: dict[str, Any]) -> None:
+    """Say what a run that has stopped moving waits for (whatever the verbosity: a
+    user watching a silent run needs it most)."""
+    waits = [f"{items[i].nodeid} (running for {secs:.0f} s, pid {pid})" for i, secs, pid in ev.get("running") or []]
+    waits += [f"{items[i].nodeid} (at the teardown gate, waiting for the other tests of its scopes)"
+              for i in ev.get("gated") or []]
+    waits += [f"the zygote for {key} (setting up its fixtures)" for key in ev.get("setting_up") or []]
+    msg = (f"tach: nothing has moved for {ev['idle_s']:.0f} s; {ev['left']} tests not finished; "
+           f"waiting for: {'; '.join(waits) or 'no process (a scheduling bug: please report it)'}")
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(msg)
+    else:
+        sys.stderr.write(msg + "\n")
 
 
 def _kill_root(root: int) -> None:

@@ -31,6 +31,7 @@ class Forwarder:
         self.call_gate = False
         self.turn = -1  # index of the test holding a call turn
         self.waited = 0.0  # seconds the current call phase waited for its turn
+        self.fault = -1  # the test process's crash-report file (faulthandler's), an fd
         # Frames not sent yet. Each send wakes the supervisor: the teardown report
         # waits for the test's "done" (and the next test's "start") to share one write.
         # Setup and call reports go at once, so that a crash later still shows them.
@@ -97,9 +98,13 @@ class Forwarder:
         do so only once every other unit of the zygote is done. It ran its setup and
         call meanwhile; here it waits for the supervisor's go."""
         if self.sock is not None and self.test == self.gate >= 0:
-            self.send({"t": "await", "test": self.test})
-            self._wait_for_go()
+            item.config.hook.pytest_tach_teardown_wait(config=item.config, item=item)
         yield
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_tach_teardown_wait(self, config: pytest.Config, item: pytest.Item) -> None:
+        self.send({"t": "await", "test": self.test})
+        self._wait_for_go()
 
     def pytest_warning_recorded(self, warning_message: Any, when: str, nodeid: str,
                                 location: Any) -> None:

@@ -84,6 +84,14 @@ def pytest_tach_handover_received(config: pytest.Config, item: pytest.Item | Non
     """
 
 
+def pytest_tach_teardown_wait(config: pytest.Config, item: pytest.Item) -> None:
+    """Called in a test process when ``item``, the last test of a scope's final batch,
+    waits before its teardown until every other test of the scopes it tears down is
+    done (a plain run would run those before it). tach's own implementation waits;
+    wrap it (``hookwrapper=True``) to do something around the wait: it is not the
+    test's time (a per-test timer should not run meanwhile)."""
+
+
 def pytest_tach_run_finished(config: pytest.Config) -> None:
     """Called in the main process when every process of the run has ended and all they
     handed over has been received, from inside ``pytest_runtestloop``: before what

@@ -23,6 +23,7 @@ class Settings:
     skip_thread_unsafe: bool = False
     require_gil_disabled: bool = False
     reset: str = "auto"
+    stall_report: float = 60.0  # seconds without progress before saying what the run waits for
 
     @property
     def stress(self) -> bool:
@@ -103,6 +104,9 @@ def addoption(parser: pytest.Parser) -> None:
     parser.addini("tach_isolate", "default for --tach-isolate", default="test")
     parser.addini("tach_reset", "default for --tach-reset", default="auto")
     parser.addini("tach_timeout", "default for --tach-timeout (seconds)", default="0")
+    parser.addini("tach_stall_report", "when no test process has said anything for this many "
+                  "seconds, say what the run is waiting for (again after twice as long); 0: never",
+                  default="60")
     parser.addini("tach_serial_fixtures", "fixtures whose zygote runs its tests one at a "
                   "time (e.g. ones holding a connection the tests would share)", type="linelist",
                   default=[])
@@ -147,14 +151,14 @@ def parse_choice(value: str, source: str, choices: tuple[str, ...]) -> str:
     return v
 
 
-def parse_timeout(value: str, source: str) -> float:
+def parse_timeout(value: str, source: str, zero: str = "no deadline") -> float:
     try:
         t = float(value)
     except ValueError:
         t = -1.0
     if not t >= 0 or t == float("inf"):
         raise pytest.UsageError(
-            f"{source}: expected a number of seconds >= 0 (0: no deadline), got {value!r}")
+            f"{source}: expected a number of seconds >= 0 (0: {zero}), got {value!r}")
     return t
 
 
@@ -186,4 +190,6 @@ def settings(config: pytest.Config) -> Settings:
         skip_thread_unsafe=bool(config.getoption("tach_skip_thread_unsafe")),
         require_gil_disabled=bool(config.getoption("tach_require_gil_disabled")),
         reset=parse_choice(*pick("tach_reset", "tach_reset"), RESET_MODES),
+        stall_report=parse_timeout(str(config.getini("tach_stall_report")),
+                                   "ini option tach_stall_report", zero="never"),
     )

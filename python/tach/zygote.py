@@ -866,7 +866,7 @@ class Runner:
             sys.stderr.flush()
             if capman is not None:
                 capman.suspend_global_capture()
-        ctx.forwarder.sock = self.conn
+        ctx.forwarder.sock, ctx.forwarder.fault = self.conn, self.fault
         self.run_batch(tests, final)
         if not persistent:
             return
