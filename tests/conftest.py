@@ -72,7 +72,8 @@ def run_both(pytester: pytest.Pytester, *args: str,
     per-test outcomes of each."""
     plain = pytester.path / "plain.xml"
     tached = pytester.path / "tach.xml"
-    pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--junitxml={plain}", *args)
+    # A run that hangs fails the test rather than the whole suite's CI job.
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--junitxml={plain}", *args, timeout=600)
     pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", f"--junitxml={tached}",
-                                  *tach_args, *args)
+                                  *tach_args, *args, timeout=600)
     return outcomes_by_test(plain), outcomes_by_test(tached)

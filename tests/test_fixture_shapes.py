@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import matrix
+from conftest import matrix, run_both
 
 MODES = matrix(["test", "module", "none"], ["test", "none"])
+
+
+def write_suite(pytester: pytest.Pytester, suite: dict[str, str]) -> None:
+    """Write a suite given as {module name (or "conftest"): source}."""
+    for name, body in suite.items():
+        if name == "conftest":
+            pytester.makeconftest(body)
+        else:
+            pytester.makepyfile(**{name: body})
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -134,11 +143,7 @@ def test_pytest_timeout_times_the_test_and_reports_why(pytester: pytest.Pytester
     pytest.importorskip("pytest_timeout")
     if method == "signal" and mode != "test":
         pytest.skip("the gate and the signal method: one mode shows it")
-    for name, body in GATE_SUITE.items():
-        if name == "conftest":
-            pytester.makeconftest(body)
-        else:
-            pytester.makepyfile(**{name: body})
+    write_suite(pytester, GATE_SUITE)
     xml = pytester.path / "out.xml"
     result = pytester.runpytest_subprocess(
         "-p", "tach", "-p", "no:cacheprovider", "--tach-workers", "2", "--tach-isolate", mode,
@@ -155,3 +160,200 @@ def test_pytest_timeout_times_the_test_and_reports_why(pytester: pytest.Pytester
     if method == "thread":
         result.stdout.fnmatch_lines(["*Timeout (2 s, pytest-timeout, method thread)*",
                                      "*Stack of MainThread*", "*test_a.py*in test_hangs*"])
+
+
+#: Session fixtures that leave threads running (a live server, a warmed-up thread
+#: pool): every test must find them working, and each process that set one up must
+#: tear it down.
+THREADED_SUITE = {
+    "conftest": """
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def pool():
+            ex = ThreadPoolExecutor(2)
+            ex.submit(lambda: None).result()  # its threads are up
+            open(f"setup-{os.getpid()}", "w").close()
+            yield ex
+            ex.shutdown()
+            open(f"teardown-{os.getpid()}", "w").close()
+
+        @pytest.fixture(scope="session")
+        def answer():
+            return 42  # no thread: set up once, in the zygote
+    """,
+    "test_server": """
+        import json
+        import urllib.request
+
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_json(httpserver, i):
+            httpserver.expect_request(f"/x{i}").respond_with_json({"i": i})
+            with urllib.request.urlopen(httpserver.url_for(f"/x{i}"), timeout=30) as r:
+                assert json.loads(r.read()) == {"i": i}
+
+        def test_fails_like_plain(httpserver):
+            httpserver.expect_request("/y").respond_with_data("y")
+            assert urllib.request.urlopen(httpserver.url_for("/y"), timeout=30).read() == b"z"
+    """,
+    "test_pool": """
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_pool_runs_tasks(pool, answer, i):
+            assert pool.submit(lambda: answer + i).result(timeout=30) == 42 + i
+    """,
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fixtures_that_leave_threads_running_work_in_every_test(pytester: pytest.Pytester,
+                                                                 mode: str) -> None:
+    """A session fixture's thread does not survive a fork: tests forked from the zygote
+    that set up pytest-httpserver's server got HTTP 500 from the zygote's copy, and the
+    run hung in its shutdown; a thread pool's tasks never ran. Such a fixture is now set
+    up in each test process, and torn down there."""
+    pytest.importorskip("pytest_httpserver")
+    write_suite(pytester, THREADED_SUITE)
+    plain, tached = run_both(pytester, tach_args=("--tach-isolate", mode, "--tach-workers", "2", "-v"))
+    assert tached == plain
+    assert plain["test_server::test_fails_like_plain"] == "failed"
+    assert sum(v == "passed" for v in plain.values()) == 8
+    made = {p.name.split("-")[1] for p in pytester.path.glob("setup-*")}
+    gone = {p.name.split("-")[1] for p in pytester.path.glob("teardown-*")}
+    assert made == gone and len(made) >= 2  # the plain run's process, and tach's
+
+
+def test_verbose_says_which_fixture_is_set_up_per_process(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(THREADED_SUITE["conftest"])
+    pytester.makepyfile(test_pool=THREADED_SUITE["test_pool"])
+    result = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "-v", timeout=300)
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["tach: zygote session: fixture 'pool' started thread*'ThreadPoolExecutor-*', "
+                                 "which its test processes would not have: it is set up in each test "
+                                 "process instead"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_test_process_is_a_worker_as_pytest_xdist_names_them(pytester: pytest.Pytester,
+                                                                  mode: str) -> None:
+    """Suites and plugins name per-worker resources (databases, ports, directories)
+    after pytest-xdist's worker id: two tests running at the same time must see two
+    ids, of the form pytest-xdist uses, and the same run id; a zygote is no worker."""
+    pytest.importorskip("xdist")
+    pytester.makeconftest("""
+        import os
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def seen_in_zygote():
+            return os.environ.get("PYTEST_XDIST_WORKER")
+
+        @pytest.fixture
+        def meet(worker_id, testrun_uid, seen_in_zygote, request):
+            # Each test waits (up to a minute) for the other to be running too.
+            name = request.node.name
+            open(f"{name}.{worker_id}.{testrun_uid}", "w").close()
+            other = "b" if name == "test_a" else "a"
+            for _ in range(6000):
+                if any(p.startswith(f"test_{other}.") for p in os.listdir(".")):
+                    break
+                time.sleep(0.01)
+            return worker_id, seen_in_zygote
+
+        import time
+    """)
+    for name in ("a", "b"):
+        pytester.makepyfile(**{f"test_{name}": f"""
+            import os
+
+            def test_{name}(meet):
+                worker_id, seen_in_zygote = meet
+                assert seen_in_zygote is None
+                assert os.environ["PYTEST_XDIST_WORKER"] == worker_id
+                assert os.environ["PYTEST_XDIST_WORKER_COUNT"] == "2"
+        """})
+    result = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "--tach-workers", "2",
+                                           "--tach-isolate", mode, timeout=300)
+    result.assert_outcomes(passed=2)
+    marks = sorted(p.name.split(".", 1)[1] for p in pytester.path.glob("test_*.gw*"))
+    (a_id, a_run), (b_id, b_run) = (m.split(".") for m in marks)
+    assert {a_id, b_id} == {"gw0", "gw1"} and a_run == b_run != ""
+
+
+#: Two tests in two modules share a session-scoped event loop; each waits (up to a
+#: minute) until the other is running too, and each needs the loop's self-pipe: a
+#: thread wakes the loop with call_soon_threadsafe.
+LOOP_SUITE = {
+    "conftest": """
+        import asyncio
+        import pytest_asyncio
+
+        @pytest_asyncio.fixture(scope="session", loop_scope="session")
+        async def session_loop():
+            return asyncio.get_running_loop()
+    """,
+    "test_a": """
+        import asyncio, os, threading
+        import pytest
+
+        pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+        async def meet(me, other):
+            # Wait for the other test; return the inode of its loop's self-pipe.
+            loop = asyncio.get_running_loop()
+            with open(me + ".tmp", "w") as f:
+                f.write(str(os.fstat(loop._ssock.fileno()).st_ino))
+            os.rename(me + ".tmp", me)
+            for _ in range(6000):
+                if os.path.exists(other):
+                    with open(other) as f:
+                        return int(f.read())
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"{other} never ran beside {me}")
+
+        async def woken_by_a_thread(loop):
+            fut = loop.create_future()
+            threading.Timer(0.05, loop.call_soon_threadsafe, (fut.set_result, "woken")).start()
+            return await asyncio.wait_for(fut, 30)
+
+        async def check(session_loop, me, other):
+            loop = asyncio.get_running_loop()
+            assert loop is session_loop
+            theirs = await meet(me, other)
+            assert theirs != os.fstat(loop._ssock.fileno()).st_ino  # a self-pipe of its own
+            assert await woken_by_a_thread(loop) == "woken"
+
+        async def test_a(session_loop):
+            await check(session_loop, "a", "b")
+    """,
+    "test_b": """
+        import pytest
+        from test_a import check
+
+        pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+        async def test_b(session_loop):
+            await check(session_loop, "b", "a")
+    """,
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_session_event_loop_does_not_serialise_its_tests(pytester: pytest.Pytester, mode: str) -> None:
+    """A session-scoped asyncio loop's self-pipe was taken for a connection its test
+    processes would share, and its zygote ran them one at a time. Each test process now
+    renews the loop's selector and self-pipe, and the tests run side by side."""
+    asyncio_plugin = pytest.importorskip("pytest_asyncio")
+    if tuple(int(x) for x in asyncio_plugin.__version__.split(".")[:2]) < (0, 24):
+        pytest.skip("loop_scope needs pytest-asyncio 0.24+")
+    write_suite(pytester, LOOP_SUITE)
+    result = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "--tach-workers", "2",
+                                           "--tach-isolate", mode, "-v", timeout=300)
+    result.assert_outcomes(passed=2)
+    result.stdout.no_fnmatch_line("*one at a time*")

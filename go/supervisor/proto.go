@@ -12,6 +12,7 @@ import (
 //	hello   {role: "zygote", id, pid}
 //	ready   {id}                                zygote id is set up
 //	serial  {id, why}                           zygote id holds state its children must not share concurrently
+//	per_process {id, why}                       zygote id leaves a fixture to each test process (why)
 //	forked  {kind: "zygote"|"runner", id, pid}  a child process exists
 //	exited  {pid, status, maxrss, utime, stime} a child was reaped (raw wait status, KiB, seconds)
 //	fail    {runner, message}                   a runner could not be started (e.g. fork failed)
@@ -41,24 +42,25 @@ import (
 //	take    {runner}                            (on a resting connection) the process runs
 //	                                            runner now: a hello without a new connection
 var schema = wire.Schema{
-	"hello":      {"role": wire.String, "id": wire.Int, "pid": wire.Int},
-	"ready":      {"id": wire.Int},
-	"serial":     {"id": wire.Int, "why": wire.String},
-	"forked":     {"kind": wire.String, "id": wire.Int, "pid": wire.Int},
-	"exited":     {"pid": wire.Int, "status": wire.Int, "maxrss": wire.Int, "utime": wire.Number, "stime": wire.Number},
-	"fail":       {"runner": wire.Int, "message": wire.String},
-	"error":      {"message": wire.String},
-	"start":      {"test": wire.Int},
-	"report":     {"test": wire.Int, "data": wire.Map},
-	"warning":    {"test": wire.Int, "data": wire.Map},
-	"handover":   {"test": wire.Int, "data": wire.Map},
-	"await":      {"test": wire.Int},
-	"await_call": {"test": wire.Int},
-	"call_over":  {"test": wire.Int},
-	"done":       {"test": wire.Int, "maxrss": wire.Int, "cpu": wire.Number},
-	"abort":      {"test": wire.Int, "reason": wire.String, "code": wire.Int, "interrupt": wire.Bool},
-	"rest":       {},
-	"take":       {"runner": wire.Int},
+	"hello":       {"role": wire.String, "id": wire.Int, "pid": wire.Int},
+	"ready":       {"id": wire.Int},
+	"serial":      {"id": wire.Int, "why": wire.String},
+	"per_process": {"id": wire.Int, "why": wire.String},
+	"forked":      {"kind": wire.String, "id": wire.Int, "pid": wire.Int},
+	"exited":      {"pid": wire.Int, "status": wire.Int, "maxrss": wire.Int, "utime": wire.Number, "stime": wire.Number},
+	"fail":        {"runner": wire.Int, "message": wire.String},
+	"error":       {"message": wire.String},
+	"start":       {"test": wire.Int},
+	"report":      {"test": wire.Int, "data": wire.Map},
+	"warning":     {"test": wire.Int, "data": wire.Map},
+	"handover":    {"test": wire.Int, "data": wire.Map},
+	"await":       {"test": wire.Int},
+	"await_call":  {"test": wire.Int},
+	"call_over":   {"test": wire.Int},
+	"done":        {"test": wire.Int, "maxrss": wire.Int, "cpu": wire.Number},
+	"abort":       {"test": wire.Int, "reason": wire.String, "code": wire.Int, "interrupt": wire.Bool},
+	"rest":        {},
+	"take":        {"runner": wire.Int},
 }
 
 func asInt(v any) int {

@@ -482,6 +482,8 @@ func (s *Supervisor) zygoteFrame(cn *conn, in input) {
 		s.sched.SetSerial(asInt(f["id"]))
 		s.emit(Event{"t": "note", "msg": fmt.Sprintf("zygote %s runs its tests one at a time: %s",
 			s.keyOf(asInt(f["id"])), f["why"])})
+	case "per_process":
+		s.emit(Event{"t": "note", "msg": fmt.Sprintf("zygote %s: %s", s.keyOf(asInt(f["id"])), f["why"])})
 	case "forked":
 		kind, id, pid := f["kind"].(string), asInt(f["id"]), asInt(f["pid"])
 		switch kind {
@@ -675,7 +677,7 @@ func (s *Supervisor) dispatch() {
 			s.live[a.Runner] = r
 			s.assign(r, a.Tests)
 			s.command(z.conn, map[string]any{"t": "run", "runner": a.Runner, "tests": a.Tests,
-				"final": a.Final, "persistent": s.cfg.Persistent})
+				"final": a.Final, "persistent": s.cfg.Persistent, "slot": r.slot})
 		case sched.Assign:
 			r := s.runners[a.Runner]
 			s.assign(r, a.Tests)

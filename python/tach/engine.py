@@ -16,6 +16,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,7 +115,9 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     ctx = zygote.Context(session=session, items=items, levels=levels, sock_path=sock_path,
                          fault_dir=private, forwarder=forwarder,
                          serial_fixtures=frozenset(settings.serial_fixtures),
-                         listen_fd=listener.fileno(), reset=settings.reset == "snapshot")
+                         per_process_fixtures=frozenset(settings.per_process_fixtures),
+                         listen_fd=listener.fileno(), reset=settings.reset == "snapshot",
+                         workers=processes, run_id=uuid.uuid4().hex)
     # Flush before forking: buffered output would otherwise be written twice.
     sys.stdout.flush()
     sys.stderr.flush()

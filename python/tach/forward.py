@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -32,6 +32,9 @@ class Forwarder:
         self.turn = -1  # index of the test holding a call turn
         self.waited = 0.0  # seconds the current call phase waited for its turn
         self.fault = -1  # the test process's crash-report file (faulthandler's), an fd
+        self.last = -1  # index of the last test of the batch
+        #: called before the last test of a batch tears down (after its gate)
+        self.before_last_teardown: Callable[[pytest.Item], None] | None = None
         # Frames not sent yet. Each send wakes the supervisor: the teardown report
         # waits for the test's "done" (and the next test's "start") to share one write.
         # Setup and call reports go at once, so that a crash later still shows them.
@@ -99,6 +102,8 @@ class Forwarder:
         call meanwhile; here it waits for the supervisor's go."""
         if self.sock is not None and self.test == self.gate >= 0:
             item.config.hook.pytest_tach_teardown_wait(config=item.config, item=item)
+        if self.sock is not None and self.test == self.last and self.before_last_teardown is not None:
+            self.before_last_teardown(item)
         yield
 
     @pytest.hookimpl(trylast=True)

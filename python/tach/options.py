@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 ISOLATE_MODES = ("test", "module", "none")
+#: pytest-xdist's session fixtures whose value is the worker's
+PER_PROCESS_FIXTURES = ("worker_id", "testrun_uid")
 RESET_MODES = ("auto", "snapshot", "fork")
 
 
@@ -18,6 +20,7 @@ class Settings:
     timeout: float  # seconds; 0: no deadline
     report: bool
     serial_fixtures: tuple[str, ...] = ()
+    per_process_fixtures: tuple[str, ...] = ()
     threads: int = 1
     iterations: int = 1
     skip_thread_unsafe: bool = False
@@ -107,6 +110,10 @@ def addoption(parser: pytest.Parser) -> None:
     parser.addini("tach_stall_report", "when no test process has said anything for this many "
                   "seconds, say what the run is waiting for (again after twice as long); 0: never",
                   default="60")
+    parser.addini("tach_per_process_fixtures", "higher-scoped fixtures (and those that need "
+                  "them) to set up in each test process rather than once in a zygote, as each "
+                  "pytest-xdist worker sets up its own", type="linelist",
+                  default=list(PER_PROCESS_FIXTURES))
     parser.addini("tach_serial_fixtures", "fixtures whose zygote runs its tests one at a "
                   "time (e.g. ones holding a connection the tests would share)", type="linelist",
                   default=[])
@@ -185,6 +192,7 @@ def settings(config: pytest.Config) -> Settings:
         timeout=parse_timeout(*pick("tach_timeout", "tach_timeout")),
         report=bool(config.getoption("tach_report")),
         serial_fixtures=tuple(config.getini("tach_serial_fixtures")),
+        per_process_fixtures=tuple(config.getini("tach_per_process_fixtures")),
         threads=threads,
         iterations=parse_int_or_auto(*pick("tach_iterations", "tach_iterations"), minimum=1),
         skip_thread_unsafe=bool(config.getoption("tach_skip_thread_unsafe")),

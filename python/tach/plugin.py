@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import tach
-from tach import handover, options
+from tach import handover, options, xdistcompat
 
 if TYPE_CHECKING:
     from tach.engine import RunResult
@@ -47,7 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # One test at a time, so the debugger owns the terminal.
         settings = dataclasses.replace(settings, workers=1)
     settings = _resolve_reset(settings)
-    _refuse_xdist(config, settings)
+    xdistcompat.refuse(config, settings)
     config.stash[_SETTINGS] = settings
     config.addinivalue_line("markers", "timeout(seconds): tach's per-test deadline "
                             "(when pytest-timeout is not installed)")
@@ -66,20 +66,6 @@ def pytest_configure(config: pytest.Config) -> None:
         covbridge.register(config)
         pluginstate.register(config)
         timeouts.register(config, fw)
-
-
-def _refuse_xdist(config: pytest.Config, settings: options.Settings) -> None:
-    """tach and pytest-xdist both run the session's tests in processes of their own:
-    one run cannot have both (each xdist worker would run its share under a tach
-    engine of its own, with pytest-xdist's worker protocol in the forked processes)."""
-    if settings.workers == 0 or not config.pluginmanager.has_plugin("xdist"):
-        return
-    opt = config.option
-    if getattr(opt, "numprocesses", None) or getattr(opt, "tx", None) or getattr(opt, "dist", "no") != "no":
-        raise pytest.UsageError(
-            "pytest-xdist is active in this run too (-n/--dist/--tx), and both would run the "
-            "tests in worker processes. Drop -n and let tach run them (--tach-workers N, "
-            "default: the usable CPUs), or run without -p tach (or with --tach-workers 0).")
 
 
 def _resolve_reset(settings: options.Settings) -> options.Settings:

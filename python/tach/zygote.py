@@ -40,7 +40,7 @@ from typing import Any, Callable
 import pytest
 from _pytest.outcomes import TEST_OUTCOME, Exit
 
-from tach import frames, gil, handover
+from tach import forksafe, frames, gil, handover, xdistcompat
 from tach.forward import Forwarder
 from tach.plan import Level
 
@@ -70,10 +70,16 @@ class Context:
     forwarder: Forwarder
     #: fixtures that make the zygote setting them up serial (ini tach_serial_fixtures)
     serial_fixtures: frozenset[str] = frozenset()
+    #: fixtures set up in each test process, never in a zygote (tach_per_process_fixtures)
+    per_process_fixtures: frozenset[str] = frozenset()
     #: the supervisor's listening socket, inherited by the root zygote: closed there
     listen_fd: int = -1
     #: --tach-reset snapshot: test processes are reused, restored after each test
     reset: bool = False
+    #: how many test processes run at once (each is a worker gw0.. of this many)
+    workers: int = 1
+    #: the run's id, as pytest-xdist's testrun_uid
+    run_id: str = ""
 
 
 #: A zygote makes a new test process reusable only when it can expect to run at least
@@ -216,6 +222,9 @@ class Zygote:
         self.pending_out = ""  # captured fixture output owed to the next test run
         self.pending_err = ""
         self.level_fixtures: set[tuple[int, str]] = set()  # (item index, name) set up here
+        #: fixtures set up in each test process instead: listed so, or their setup here
+        #: left a thread running
+        self.per_process: set[str] = set(ctx.per_process_fixtures)
         self.serial = False  # told the supervisor its children must run one at a time
         self.runners: set[int] = set()  # pids of live runner children
         self.deferred: list[dict[str, Any]] = []  # run commands held back while serial
@@ -226,6 +235,8 @@ class Zygote:
         self.poller: Any = None
         self.fds_changed = False
         self.exiting = False  # told to exit: a test offered and not taken stays so
+        #: asyncio event loops set up here or above: each test process renews them
+        self.loops: list[Any] = []
 
     # -- plumbing -----------------------------------------------------------------
     def send(self, msg: dict[str, Any]) -> None:
@@ -303,7 +314,7 @@ class Zygote:
             return
         if t == "run":
             self.run(int(msg["runner"]), [int(i) for i in msg["tests"]], bool(msg["final"]),
-                     bool(msg["persistent"]))
+                     bool(msg["persistent"]), int(msg.get("slot", 0)))
         elif t == "spawn":
             self.spawn(int(msg["id"]), [int(i) for i in msg["tests"]], bool(msg["final"]))
         elif t == "exit":
@@ -354,9 +365,12 @@ class Zygote:
                     continue
                 item = self.ctx.items[i]
                 for name in levels[self.depth - 1].fixtures:
-                    if (i, name) in self.level_fixtures:
+                    if (i, name) in self.level_fixtures or name in self.per_process:
                         continue
                     self.level_fixtures.add((i, name))
+                    if _needs(item, name, self.per_process):
+                        self.per_process.add(name)  # it would set that one up here
+                        continue
                     defs = item._fixtureinfo.name2fixturedefs.get(name)
                     if not defs or defs[-1].cached_result is None:
                         did_setup = True  # new objects: freeze them (cached ones are)
@@ -367,6 +381,7 @@ class Zygote:
                     # higher-scoped fixtures are requested here, and they register
                     # their finalizers on their own scope nodes, not on the item.
                     stack = self.ctx.session._setupstate.stack
+                    threads, fins = _live_threads(), finalizer_counts(stack)
                     stack[item] = ([], None)
                     try:
                         item._request.getfixturevalue(name)
@@ -374,6 +389,9 @@ class Zygote:
                         pass  # pytest cached the error: the test's own setup re-raises it
                     finally:
                         stack.pop(item, None)
+                    started = _live_threads() - threads
+                    if started:
+                        self.set_up_per_process(item, name, started, fins)
         finally:
             if capman is not None:
                 capman.suspend_global_capture()
@@ -385,6 +403,34 @@ class Zygote:
             _freeze()
             self.check_sockets()
         return did_setup
+
+    def set_up_per_process(self, item: pytest.Item, name: str, started: set[threading.Thread],
+                           fins: dict[Any, int]) -> None:
+        """Fixture `name` (or one it needed, set up with it) left a thread running: a
+        live server, a thread pool. A fork copies only the thread that forks, so every
+        process forked from here would hold the fixture's objects without the thread
+        behind them (a server that answers from this zygote's state, a pool whose tasks
+        never run, a shutdown that waits forever). So tear it down here again, and let
+        each test process set it up for itself when its first test needs it (and tear
+        it down after its last), as each pytest-xdist worker would."""
+        self.per_process.add(name)
+        names = ", ".join(sorted(repr(t.name) for t in started))
+        stack = self.ctx.session._setupstate.stack
+        errors = run_added_finalizers(stack, fins)
+        # The request remembers what it got (pytest asserts a remembered fixture is
+        # still set up): forget what was torn down.
+        known = getattr(item._request, "_fixture_defs", {})
+        for argname, fixturedef in list(known.items()):
+            if fixturedef.cached_result is None:
+                del known[argname]
+        left = _live_threads() & started
+        why = (f"fixture {name!r} started thread{'s' if len(started) > 1 else ''} {names}, which "
+               "its test processes would not have: it is set up in each test process instead")
+        if left:
+            why += f" (its teardown here left {len(left)} of them running)"
+        if errors:
+            why += f" (its teardown here raised {errors[0]!r})"
+        self.send({"t": "per_process", "id": self.zid, "why": why})
 
     def handover(self) -> None:
         """Send what plugins gathered in this zygote (its fixtures' coverage, say)."""
@@ -404,7 +450,16 @@ class Zygote:
         if self.serial:
             return
         # Its own sockets (to the supervisor, to its reusable processes) are not shared.
-        found = connected_sockets(exclude={self.conn.fileno(), *self.ctl_fds})
+        mine = {self.conn.fileno(), *self.ctl_fds}
+        found = connected_sockets(exclude=mine)
+        if found:
+            # An event loop's self-pipe is one, but each test process gets its own
+            # (forksafe.renew): only other connections make this zygote serial.
+            for loop in forksafe.event_loops():
+                if loop not in self.loops:
+                    self.loops.append(loop)
+            pipes = {fd for loop in self.loops for fd in forksafe.self_pipe_fds(loop)}
+            found = connected_sockets(exclude=mine | pipes)
         if found:
             self.make_serial(f"it holds a connected socket ({found[0]}) its children would share")
 
@@ -436,6 +491,7 @@ class Zygote:
                 z = Zygote(self.ctx, conn, child, self.depth + 1, base)
                 z.fork_base = stack
                 z.serial = self.serial  # what made this zygote serial is inherited
+                z.loops = self.loops
                 z.pending_out, z.pending_err = self.pending_out, self.pending_err
                 z.direct_left = sum(1 for i in tests if len(self.ctx.levels[i]) == z.depth)
                 frames.send(conn, {"t": "hello", "role": "zygote", "id": child, "pid": os.getpid()})
@@ -448,13 +504,13 @@ class Zygote:
         if pid > 0:
             self.pending_out = self.pending_err = ""
 
-    def run(self, runner: int, tests: list[int], final: bool, persistent: bool) -> None:
+    def run(self, runner: int, tests: list[int], final: bool, persistent: bool, slot: int) -> None:
         self.poll_ctl()  # a process that freed the slot for this test may take it
         did_setup = self.setup_fixtures(tests)
         left = self.direct_left  # tests still to run here, these included
         self.direct_left -= len(tests)
         job = {"t": "job", "runner": runner, "tests": tests, "final": final, "persistent": persistent,
-               "out": self.pending_out, "err": self.pending_err}
+               "slot": slot, "out": self.pending_out, "err": self.pending_err}
         self.pending_out = self.pending_err = ""
         if not self.ctx.reset or persistent:
             self.fork_runner(job)
@@ -485,7 +541,7 @@ class Zygote:
                 self.enter_child("runner", keep=rconn)
                 r = Runner(self.ctx, rconn, runner, stack, self.teardown_base,
                            self.parametrized_fixtures(tests[0]), (job["out"], job["err"]))
-                r.serve(tests, bool(job["final"]), bool(job["persistent"]))
+                r.serve(tests, bool(job["final"]), bool(job["persistent"]), int(job["slot"]))
             except BaseException:  # noqa: BLE001
                 _report_fatal(self.ctx, f"runner {runner}", runner)
             os._exit(0)
@@ -659,7 +715,7 @@ class Zygote:
                     pass  # the zygote let go of this process: "done" below finds out
 
             r.before_last_done = finishing
-        r.serve(tests, bool(job["final"]), False)
+        r.serve(tests, bool(job["final"]), False, int(job["slot"]))
         if restores < 0 or job["final"] or r.stopping:
             os._exit(0)
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -728,10 +784,65 @@ class Zygote:
         self.ctl_fds.clear()
         self.poller = None
         self.conn.close()
+        if role == "runner":
+            for loop in self.loops:
+                forksafe.renew(loop)
         _restart_capture(self.ctx.session.config)
         if keep is not None:
             return keep
         return _connect(self.ctx.sock_path)
+
+
+def _needs(item: pytest.Item, name: str, targets: set[str]) -> bool:
+    """Whether fixture `name`, as item sees it, needs one of `targets` (transitively)."""
+    defs = item._fixtureinfo.name2fixturedefs
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n != name and n in targets:
+            return True
+        for d in defs.get(n, ()):
+            todo += d.argnames
+    return False
+
+
+def _live_threads() -> set[threading.Thread]:
+    main = threading.main_thread()
+    return {t for t in threading.enumerate() if t is not main and t.is_alive()}
+
+
+def finalizer_counts(stack: dict[Any, Any]) -> dict[Any, int]:
+    """How many finalizers each node on pytest's SetupState stack has now."""
+    return {node: len(fins) for node, (fins, _) in stack.items()}
+
+
+def take_added_finalizers(stack: dict[Any, Any], counts: dict[Any, int]) -> list[Callable[[], object]]:
+    """Remove and return the finalizers registered on `counts`' nodes since it was
+    taken, in the order they must run: narrower scopes first, each newest first."""
+    out: list[Callable[[], object]] = []
+    for node in reversed(list(stack)):
+        if node not in counts:
+            continue
+        fins = stack[node][0]
+        added = fins[counts[node]:]
+        del fins[counts[node]:]
+        out += reversed(added)
+    return out
+
+
+def run_added_finalizers(stack: dict[Any, Any], counts: dict[Any, int]) -> list[BaseException]:
+    """Run (and remove) the finalizers registered since `counts`; return their errors."""
+    errors: list[BaseException] = []
+    for fin in take_added_finalizers(stack, counts):
+        try:
+            fin()
+        except TEST_OUTCOME as e:
+            errors.append(e)
+    return errors
 
 
 def _runner_hello(runner: int) -> dict[str, Any]:
@@ -814,10 +925,14 @@ class Runner:
         self.teardown_base = teardown_base  # what a final batch leaves standing
         self.param_fixtures = param_fixtures
         self.pending = pending
+        #: the finalizers its zygotes registered: those a test adds beyond them on the
+        #: nodes a batch leaves standing are this process's own (see adopt_finalizers)
+        self.base_fins = finalizer_counts(ctx.session._setupstate.stack)
         #: called right before the last test of a batch is reported done
         self.before_last_done: Callable[[], None] | None = None
 
-    def serve(self, tests: list[int], final: bool, persistent: bool) -> None:
+    def serve(self, tests: list[int], final: bool, persistent: bool, slot: int) -> None:
+        xdistcompat.become_worker(self.ctx.session.config, slot, self.ctx.workers, self.ctx.run_id)
         # Zygotes ignore SIGINT (see start_root); a test gets Python's usual handler.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         self.stopping = False
@@ -907,6 +1022,7 @@ class Runner:
         end = self.teardown_base if final else self.stack
         last = _ScopeEnd(end) if end else None
         fw.gate = tests[-1] if final else -1
+        fw.last, fw.before_last_teardown = tests[-1], lambda item: self.adopt_finalizers(item, end)
         for k, index in enumerate(tests):
             item = items[index]
             nextitem = items[tests[k + 1]] if k + 1 < len(tests) else last
@@ -934,6 +1050,21 @@ class Runner:
             fw.send({"t": "done", "test": index, "cpu": time.process_time() - cpu,
                      "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
                     flush=k + 1 == len(tests))
+
+
+    def adopt_finalizers(self, item: pytest.Item, end: list[Any]) -> None:
+        """Before the batch's last test tears down: a fixture of a scope this process
+        leaves standing that was set up here, not in a zygote (one a zygote sets up per
+        test process, or one a test reached with request.getfixturevalue), registered
+        its teardown on a node this process never tears down. Give it to the test
+        instead, to run after the test's own: torn down once, in the process that set
+        it up, with an error reported on that test's teardown, as a pytest-xdist
+        worker would at its end."""
+        stack = self.ctx.session._setupstate.stack
+        keep = set(end)
+        moved = take_added_finalizers(stack, {n: c for n, c in self.base_fins.items() if n in keep})
+        if moved and item in stack:
+            stack[item][0][:0] = reversed(moved)
 
 
 def _abort_frame(index: int, reason: str, code: int | None, interrupt: bool) -> dict[str, Any]:
