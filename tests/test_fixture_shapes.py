@@ -357,3 +357,66 @@ def test_a_session_event_loop_does_not_serialise_its_tests(pytester: pytest.Pyte
                                            "--tach-isolate", mode, "-v", timeout=300)
     result.assert_outcomes(passed=2)
     result.stdout.no_fnmatch_line("*one at a time*")
+
+
+ORDER_SUITE = {
+    "conftest": """
+        def note(name):
+            with open("log", "a") as f:
+                f.write(name + "\\n")
+    """,
+    "test_a": """
+        import time
+        import pytest
+        from conftest import note
+
+        @pytest.mark.order("last")
+        def test_z_last():
+            note("last")
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_unordered(i):
+            note(f"u{i}")
+            time.sleep(0.2)
+            note(f"u{i}-end")
+
+        @pytest.mark.order(after="test_b.py::test_b_unordered")
+        def test_relative():
+            note("relative")
+    """,
+    "test_b": """
+        import time
+        import pytest
+        from conftest import note
+
+        # Each takes a while: a test started beside it would note itself first.
+        @pytest.mark.order(1)
+        def test_b_second():
+            time.sleep(0.2)
+            note("second")
+
+        @pytest.mark.order("first")
+        def test_b_first():
+            time.sleep(0.2)
+            note("first")
+
+        def test_b_unordered():
+            note("bu")
+    """,
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pytest_order_is_honoured(pytester: pytest.Pytester, mode: str) -> None:
+    """pytest-order's order held in a plain run only: tests started two at a time,
+    longest first. Now the tests it places before the others run (in its order) before
+    any other starts, those it places last after all others, and a test placed after
+    another runs after it; the rest run in parallel."""
+    pytest.importorskip("pytest_order")
+    write_suite(pytester, ORDER_SUITE)
+    result = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "--tach-workers", "2",
+                                           "--tach-isolate", mode, timeout=300)
+    result.assert_outcomes(passed=9)
+    log = (pytester.path / "log").read_text().split()
+    assert log[:2] == ["first", "second"] and log[-1] == "last", log  # "last" after every end
+    assert log.index("bu") < log.index("relative"), log

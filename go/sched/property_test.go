@@ -29,9 +29,12 @@ func randomTests(rng *rand.Rand) []Test {
 				c = append(c, k)
 			}
 		}
-		t := Test{Chain: c, Duration: float64(rng.Intn(4))}
-		if rng.Intn(3) == 0 {
-			t.Batch = fmt.Sprintf("b%d", rng.Intn(2))
+		t := Test{Chain: c, Duration: float64(rng.Intn(4)), Phase: 1}
+		if rng.Intn(6) == 0 { // pytest-order: before (0) or after (2) the unordered tests
+			t.Phase = 2 * rng.Intn(2)
+		}
+		if rng.Intn(3) == 0 { // a batch's tests share a phase (the engine groups them so)
+			t.Batch = fmt.Sprintf("b%d-%d", rng.Intn(2), t.Phase)
 		}
 		t.Alone = rng.Intn(25) == 0
 		tests[i] = t
@@ -55,7 +58,9 @@ type sim struct {
 	s        *Scheduler
 	limit    int
 	what     string
-	runs     []int // times each test ran to its end
+	tests    []Test
+	runs     []int  // times each test ran to its end
+	gated    []bool // it waited at the teardown gate (its call is over)
 	spawning map[int]bool
 	zygotes  map[int]bool // alive, ready, not root
 	exiting  map[int]bool // zygotes told to exit
@@ -95,6 +100,16 @@ func dump(s *Scheduler) string {
 // apply carries out what Next and Drained returned, as the supervisor does.
 func (m *sim) apply() {
 	for _, a := range m.s.Next() {
+		if a.Kind == Run || a.Kind == Assign {
+			for _, i := range a.Tests {
+				for j, n := range m.runs {
+					if n == 0 && !m.gated[j] && m.tests[j].Phase < m.tests[i].Phase {
+						m.fail("test %d (phase %d) started before test %d (phase %d) ran",
+							i, m.tests[i].Phase, j, m.tests[j].Phase)
+					}
+				}
+			}
+		}
 		switch a.Kind {
 		case Spawn:
 			m.spawning[a.Child] = true
@@ -196,6 +211,7 @@ func (m *sim) events() []func() {
 		case len(r.batch) == 1 && r.final && r.gate == 0:
 			out = append(out, func() { // its last test waits at the teardown gate
 				r.gate = 1
+				m.gated[r.batch[0]] = true
 				m.s.AtGate(r.id)
 			})
 		case r.gate == 1:
@@ -241,7 +257,7 @@ func sortedKeys(set map[int]bool) []int {
 func describeTests(tests []Test) string {
 	var b strings.Builder
 	for i, t := range tests {
-		fmt.Fprintf(&b, "\n  %d: %s batch=%q d=%g alone=%v", i, strings.Join(t.Chain, "/"), t.Batch, t.Duration, t.Alone)
+		fmt.Fprintf(&b, "\n  %d: %s batch=%q d=%g alone=%v phase=%d", i, strings.Join(t.Chain, "/"), t.Batch, t.Duration, t.Alone, t.Phase)
 	}
 	return b.String()
 }
@@ -252,9 +268,9 @@ func TestEverySchedulRunsEveryTestAndEnds(t *testing.T) {
 		tests := randomTests(rng)
 		limit := 1 + rng.Intn(4)
 		persistent := rng.Intn(2) == 0
-		m := &sim{t: t, rng: rng, s: New(tests, limit, persistent), limit: limit,
-			what:     fmt.Sprintf("seed %d, limit %d, persistent %v, tests:%s", seed, limit, persistent, describeTests(tests)),
-			runs:     make([]int, len(tests)),
+		m := &sim{t: t, rng: rng, s: New(tests, limit, persistent), limit: limit, tests: tests,
+			what: fmt.Sprintf("seed %d, limit %d, persistent %v, tests:%s", seed, limit, persistent, describeTests(tests)),
+			runs: make([]int, len(tests)), gated: make([]bool, len(tests)),
 			spawning: map[int]bool{}, zygotes: map[int]bool{}, exiting: map[int]bool{}, runners: map[int]*simRunner{},
 			deaths: rng.Intn(3)}
 		m.s.RootReady()

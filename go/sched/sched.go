@@ -38,6 +38,9 @@ type Test struct {
 	Batch string
 	// Alone: the test runs with no other test running anywhere (tach_serial marker).
 	Alone bool
+	// Phase: no test starts before every test of an earlier phase is done (pytest-order:
+	// tests ordered before the unordered ones are phase 0, those after them 2).
+	Phase int
 }
 
 // Kind of an Action.
@@ -77,6 +80,7 @@ type unit struct {
 	weight float64
 	first  int  // collection position of its first test: tie-breaker
 	alone  bool // a test of the batch must run with nothing else running
+	phase  int  // the earliest phase of its tests
 }
 
 // Zygote is one node of the zygote tree.
@@ -124,6 +128,10 @@ type Scheduler struct {
 	done       []bool
 	left       int
 	stopped    bool
+	phase      int   // tests of later phases wait
+	phaseLeft  []int // tests not done, by phase
+	testPhase  []int
+	phaseOver  []bool // the test no longer holds its phase back
 	// aloneGoing counts runners running a batch that must run alone (at most one,
 	// except while such runners wait at the teardown gate, where they run nothing).
 	aloneGoing int
@@ -136,7 +144,17 @@ func New(tests []Test, limit int, persistent bool) *Scheduler {
 		limit = 1
 	}
 	s := &Scheduler{limit: limit, persistent: persistent, left: len(tests),
-		testZyg: make([]*Zygote, len(tests)), testRunner: make([]*Runner, len(tests)), done: make([]bool, len(tests))}
+		testZyg: make([]*Zygote, len(tests)), testRunner: make([]*Runner, len(tests)), done: make([]bool, len(tests)),
+		testPhase: make([]int, len(tests)), phaseOver: make([]bool, len(tests))}
+	for i, t := range tests {
+		p := max(t.Phase, 0)
+		s.testPhase[i] = p
+		for len(s.phaseLeft) <= p {
+			s.phaseLeft = append(s.phaseLeft, 0)
+		}
+		s.phaseLeft[p]++
+	}
+	s.advance()
 	root := &Zygote{ID: 0}
 	s.zygotes = append(s.zygotes, root)
 	kids := map[*Zygote]map[string]*Zygote{}
@@ -154,7 +172,7 @@ func New(tests []Test, limit int, persistent bool) *Scheduler {
 				s.zygotes = append(s.zygotes, c)
 				z.kids = append(z.kids, c)
 				kids[z][key] = c
-				z.queue = append(z.queue, &unit{child: c, first: i})
+				z.queue = append(z.queue, &unit{child: c, first: i, phase: s.testPhase[i]})
 			}
 			z = c
 			z.tests = append(z.tests, i)
@@ -168,17 +186,61 @@ func New(tests []Test, limit int, persistent bool) *Scheduler {
 				u.tests = append(u.tests, i)
 				u.weight += t.Duration
 				u.alone = u.alone || t.Alone
+				u.phase = min(u.phase, s.testPhase[i])
 				continue
 			}
-			u := &unit{tests: []int{i}, weight: t.Duration, first: i, alone: t.Alone}
+			u := &unit{tests: []int{i}, weight: t.Duration, first: i, alone: t.Alone, phase: s.testPhase[i]}
 			batches[z][t.Batch] = u
 			z.queue = append(z.queue, u)
 			continue
 		}
-		z.queue = append(z.queue, &unit{tests: []int{i}, weight: t.Duration, first: i, alone: t.Alone})
+		z.queue = append(z.queue, &unit{tests: []int{i}, weight: t.Duration, first: i, alone: t.Alone, phase: s.testPhase[i]})
 	}
 	weigh(root)
+	weighPhases(root)
 	return s
+}
+
+// weighPhases gives each child-zygote unit the earliest phase under it.
+func weighPhases(z *Zygote) int {
+	p := -1
+	for _, u := range z.queue {
+		if u.child != nil {
+			u.phase = weighPhases(u.child)
+		}
+		if p < 0 || u.phase < p {
+			p = u.phase
+		}
+	}
+	return max(p, 0)
+}
+
+// advance moves the current phase past phases with no test left.
+func (s *Scheduler) advance() {
+	for s.phase < len(s.phaseLeft)-1 && s.phaseLeft[s.phase] == 0 {
+		s.phase++
+	}
+}
+
+// markDone counts test i done (finished or lost); false if it already was.
+func (s *Scheduler) markDone(i int) bool {
+	if s.done[i] {
+		return false
+	}
+	s.done[i] = true
+	s.left--
+	s.endPhase(i)
+	return true
+}
+
+// endPhase counts test i out of its phase: it is done, or it waits at the teardown
+// gate (its call is over; what it waits for may be of a later phase).
+func (s *Scheduler) endPhase(i int) {
+	if !s.phaseOver[i] {
+		s.phaseOver[i] = true
+		s.phaseLeft[s.testPhase[i]]--
+		s.advance()
+	}
 }
 
 // weigh orders every zygote's queue longest-first and returns the subtree's weight.
@@ -250,7 +312,7 @@ func (s *Scheduler) Stop() { s.stopped = true }
 func (s *Scheduler) Next() []Action {
 	var out []Action
 	for _, r := range s.runners {
-		if r.alive && r.Persistent && len(r.batch) == 0 && (s.stopped || s.batchAt(r.Zygote) < 0) {
+		if r.alive && r.Persistent && len(r.batch) == 0 && (s.stopped || r.Zygote.state != ready || s.unitAt(r.Zygote, true) < 0) {
 			// Nothing queued that this runner could take: let it go. Child zygotes its
 			// zygote still has queued need processes of their own, and an idle runner
 			// kept for them would hold a place they are waiting for.
@@ -311,14 +373,11 @@ func (s *Scheduler) GateOpen(id int) bool {
 	return true
 }
 
-// batchAt returns the position of the first batch in z's queue (one a runner can
-// take, not a child zygote), or -1.
-func (s *Scheduler) batchAt(z *Zygote) int {
-	if z.state != ready {
-		return -1
-	}
+// unitAt returns the position of the first unit in z's queue that may start in the
+// current phase (only batches, if batch), or -1.
+func (s *Scheduler) unitAt(z *Zygote, batch bool) int {
 	for i, u := range z.queue {
-		if u.child == nil {
+		if u.phase <= s.phase && (!batch || u.child == nil) {
 			return i
 		}
 	}
@@ -350,16 +409,21 @@ func (s *Scheduler) find(z *Zygote) (Action, bool) {
 	// The last unit dispatched tears the zygote down; tests of a runner that died are
 	// queued again after it may have been, and then run as ordinary units.
 	final := len(z.queue) == 1 && z.Parent != nil && !z.final
-	at := 0
+	at := s.unitAt(z, false)
 	var idle *Runner
 	if s.persistent {
 		// An idle runner of z takes z's next batch even where a child zygote is queued
 		// before it: the runner is already there, the child needs a place of its own.
 		if idle = s.idleRunner(z); idle != nil {
-			if at = s.batchAt(z); at < 0 {
-				at, idle = 0, nil
+			if b := s.unitAt(z, true); b >= 0 {
+				at = b
+			} else {
+				idle = nil
 			}
 		}
+	}
+	if at < 0 {
+		return Action{}, false // what is queued waits for an earlier phase
 	}
 	u := z.queue[at]
 	if u.alone && s.zygotes[0].busy > 0 {
@@ -468,6 +532,7 @@ func (s *Scheduler) AtGate(id int) {
 		r.atGate = true
 		s.going(r, -1)
 		s.busy--
+		s.endPhase(r.batch[len(r.batch)-1])
 	}
 }
 
@@ -486,11 +551,9 @@ func (s *Scheduler) Through(id int) {
 
 // TestDone records that test i finished (in whatever way).
 func (s *Scheduler) TestDone(i int) {
-	if s.done[i] {
+	if !s.markDone(i) {
 		return
 	}
-	s.done[i] = true
-	s.left--
 	r := s.testRunner[i]
 	if r == nil {
 		return
@@ -543,10 +606,7 @@ func (s *Scheduler) RunnerExited(id int, requeue bool) (rest []int) {
 			}
 		case !requeue:
 			for _, i := range rest {
-				if !s.done[i] {
-					s.done[i] = true
-					s.left--
-				}
+				s.markDone(i)
 			}
 		default:
 			rest = nil // the zygote is gone or the run stops: ZygoteExited reports them
@@ -600,9 +660,7 @@ func (s *Scheduler) kill(z *Zygote) (lost []int, runners []int) {
 	}
 	z.queue = nil
 	for _, i := range owed {
-		if !s.done[i] {
-			s.done[i] = true
-			s.left--
+		if s.markDone(i) {
 			lost = append(lost, i)
 		}
 	}

@@ -31,6 +31,7 @@ type TestSpec struct {
 	Timeout  float64  `msgpack:"timeout"` // seconds; 0: none
 	Batch    string   `msgpack:"batch"`   // tests of a zygote with one batch key share a runner
 	Alone    bool     `msgpack:"alone"`   // tach_serial: runs with nothing else running
+	Phase    int      `msgpack:"phase"`   // starts once every test of an earlier phase is done
 }
 
 // Config starts a supervisor.
@@ -168,7 +169,7 @@ func Start(cfg Config) (*Supervisor, error) {
 	}
 	specs := make([]sched.Test, len(cfg.Tests))
 	for i, t := range cfg.Tests {
-		specs[i] = sched.Test{Chain: t.Chain, Duration: t.Duration, Batch: t.Batch, Alone: t.Alone}
+		specs[i] = sched.Test{Chain: t.Chain, Duration: t.Duration, Batch: t.Batch, Alone: t.Alone, Phase: t.Phase}
 	}
 	s := &Supervisor{
 		cfg: cfg, sched: sched.New(specs, cfg.Workers, cfg.Persistent), lnFD: cfg.ListenFD,

@@ -85,10 +85,14 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
         return result
     levels = plan.plan(items, settings.isolate)
     groups: dict[int, str] = {}
+    phases: dict[int, int] = {}
     if config.pluginmanager.has_plugin("dependency"):  # pytest-dependency: see plan.py
         groups = plan.dependency_groups(items, bool(config.getini("automark_dependency")))
-        for i, group in groups.items():
-            levels[i] = plan.cut_for_group(levels[i], group)
+    if config.pluginmanager.has_plugin("pytest_order"):  # pytest-order: see plan.py
+        ordered, phases = plan.order_groups(items, bool(config.getoption("sparse_ordering", False)))
+        groups.update(ordered)
+    for i, group in groups.items():
+        levels[i] = plan.cut_for_group(levels[i], group)
     # Children must never clean up each other's temp dirs: create the base now.
     tmp_factory = getattr(config, "_tmp_path_factory", None)
     if tmp_factory is not None:
@@ -145,6 +149,7 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
         "timeout": _timeout_for(item, settings, honour_timeout_marker),
         "batch": batches[i],
         "alone": item.get_closest_marker("tach_serial") is not None,
+        "phase": phases.get(i, plan.UNORDERED),
     } for i, item in enumerate(items)]
     try:
         core.start(msgpack.packb({"listen_fd": listen_fd, "root_pid": root,

@@ -219,8 +219,62 @@ def dependency_groups(items: Sequence[pytest.Item], automark: bool) -> dict[int,
 
 
 def cut_for_group(chain_: list[Level], group: str) -> list[Level]:
-    """An item's chain when it runs in a dependency group's process: only the zygotes
-    every test of the group can share (the session's, and for a package group the
-    package's); the process sets up the rest itself, as a plain pytest process does."""
-    keep = ("session",) if group == "dependency:session" else ("session", "package")
+    """An item's chain when it runs in a group's process: only the zygotes every test
+    of the group can share (the session's, and for a package group the package's); the
+    process sets up the rest itself, as a plain pytest process does."""
+    keep = ("session",) if group.endswith(":session") else ("session", "package")
     return [lv for lv in chain_ if lv.scope in keep]
+
+
+#: pytest-order's named positions (pytest_order.sorter.orders_map)
+_ORDINALS = {"first": 0, "second": 1, "third": 2, "fourth": 3, "fifth": 4, "sixth": 5,
+             "seventh": 6, "eighth": 7, "last": -1, "second_to_last": -2, "third_to_last": -3,
+             "fourth_to_last": -4, "fifth_to_last": -5, "sixth_to_last": -6,
+             "seventh_to_last": -7, "eighth_to_last": -8}
+
+#: the phases of a run with pytest-order: tests ordered before the unordered ones, the
+#: unordered ones (and those ordered only relative to others), tests ordered after them
+BEFORE, UNORDERED, AFTER = 0, 1, 2
+
+
+def order_groups(items: Sequence[pytest.Item], sparse: bool) -> tuple[dict[int, str], dict[int, int]]:
+    """pytest-order sorts the collected items; a plain run then runs them in that order.
+    Under tach, the tests it orders run in one process each group, in collection order
+    (pytest-order's order): those with a position at or after the start
+    (``order(0)``, ``"first"``) before every other test starts, those with a negative
+    one (``"last"``) after every other test is done, those placed only relative to
+    others (``before=``/``after=``) among the rest; the unordered tests run in parallel
+    between. With --sparse-ordering the positions are literal, so the whole run is one
+    group. Returns (item index -> group, item index -> phase)."""
+    groups: dict[int, str] = {}
+    phases: dict[int, int] = {}
+    labels: list[str] = []
+    for i, item in enumerate(items):
+        if sparse:
+            groups[i], phases[i] = "order:session", UNORDERED
+            continue
+        marker = item.get_closest_marker("order")
+        if marker is None:
+            continue
+        position = marker.args[0] if marker.args else marker.kwargs.get("index")
+        if isinstance(position, str):
+            position = _ORDINALS.get(position)
+        related = [marker.kwargs.get("before"), marker.kwargs.get("after")]
+        for rel in related:
+            labels += [rel] if isinstance(rel, str) else list(rel or ())
+        if isinstance(position, int):
+            phase = BEFORE if position >= 0 else AFTER
+            groups[i], phases[i] = f"order-{phase}:session", phase
+        elif any(related):
+            groups[i], phases[i] = "order:session", UNORDERED
+    # A test named by before=/after= runs in the group of those that name it (matched
+    # as pytest-order matches labels, by the end of the node id, more widely if anything).
+    for i, item in enumerate(items):
+        if i not in groups and any(_names(item.nodeid, label) for label in labels):
+            groups[i], phases[i] = "order:session", UNORDERED
+    return groups, phases
+
+
+def _names(nodeid: str, label: str) -> bool:
+    base = nodeid.partition("[")[0]
+    return any(n == label or n.endswith(("::" + label, "/" + label)) for n in (nodeid, base))
