@@ -30,6 +30,23 @@ def matrix(every: list[str], part: list[str]) -> list[str]:
     return every if FULL_MATRIX else part
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "with_django: the pytest runs this test starts load "
+                            "pytest-django (others run with -p no:django)")
+
+
+@pytest.fixture(autouse=True)
+def _without_django(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest-django, installed for its parity cases, gives every test of every pytest
+    run an autouse fixture that uses monkeypatch, which stress mode (like
+    pytest-run-parallel) counts as thread-unsafe: keep it out of the other runs."""
+    if request.node.get_closest_marker("with_django") is not None:
+        return
+    if "pytester" in request.fixturenames:
+        request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS when set up
+    monkeypatch.setenv("PYTEST_ADDOPTS", f"{os.environ.get('PYTEST_ADDOPTS', '')} -p no:django".strip())
+
+
 requires_free_threading = pytest.mark.skipif(
     not FREE_THREADED, reason="needs a free-threaded CPython build (make test runs one)"
 )

@@ -4,6 +4,8 @@ refused clearly)."""
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
 from conftest import matrix, run_both
@@ -420,3 +422,103 @@ def test_pytest_order_is_honoured(pytester: pytest.Pytester, mode: str) -> None:
     log = (pytester.path / "log").read_text().split()
     assert log[:2] == ["first", "second"] and log[-1] == "last", log  # "last" after every end
     assert log.index("bu") < log.index("relative"), log
+
+
+#: A small Django project: a file test database (sqlite), tests that use it in
+#: transactions and with transaction=True, and Django's live_server (a thread serving
+#: the project), as pytest-django runs them.
+DJANGO_SUITE = {
+    "settings": """
+        SECRET_KEY = "not secret"
+        INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "app"]
+        DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3",
+                                 "TEST": {"NAME": "test_db.sqlite3"}}}
+        USE_TZ = True
+        DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+        ROOT_URLCONF = "urls"
+        STATIC_URL = "/static/"
+    """,
+    "urls": """
+        from django.contrib.auth.models import User
+        from django.http import JsonResponse
+        from django.urls import path
+
+        def count(request):
+            return JsonResponse({"users": User.objects.count()})
+
+        urlpatterns = [path("count", count)]
+    """,
+    "app/__init__": "",
+    "app/models": """
+        from django.db import models
+
+        class Item(models.Model):
+            name = models.CharField(max_length=20)
+    """,
+    "app/migrations/__init__": "",
+    "app/migrations/0001_initial": """
+        from django.db import migrations, models
+
+        class Migration(migrations.Migration):
+            initial = True
+            dependencies = []
+            operations = [migrations.CreateModel(name="Item", fields=[
+                ("id", models.AutoField(auto_created=True, primary_key=True, serialize=False)),
+                ("name", models.CharField(max_length=20))])]
+    """,
+    "test_db": """
+        import pytest
+        from django.contrib.auth.models import User
+        from app.models import Item
+
+        @pytest.mark.django_db
+        @pytest.mark.parametrize("i", range(6))
+        def test_create(i):
+            User.objects.create(username=f"u{i}")
+            Item.objects.create(name=f"i{i}")
+            assert User.objects.count() == 1 and Item.objects.count() == 1
+
+        @pytest.mark.django_db(transaction=True)
+        @pytest.mark.parametrize("i", range(3))
+        def test_transactional(i):
+            User.objects.create(username=f"t{i}")
+            assert User.objects.count() == 1
+
+        def test_without_the_database():
+            with pytest.raises(RuntimeError, match="Database access not allowed"):
+                User.objects.count()
+    """,
+    "test_live": """
+        import json
+        import urllib.request
+
+        import pytest
+        from django.contrib.auth.models import User
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_live_server_sees_the_test_database(live_server, transactional_db, i):
+            User.objects.create(username=f"l{i}")
+            with urllib.request.urlopen(live_server.url + "/count", timeout=30) as r:
+                assert json.loads(r.read()) == {"users": 1}
+    """,
+}
+
+
+@pytest.mark.with_django
+@pytest.mark.parametrize("mode", MODES)
+def test_a_django_project_with_a_file_database_and_a_live_server(pytester: pytest.Pytester,
+                                                                  mode: str) -> None:
+    """Under tach the live server answered from the zygote (and the run hung), and
+    test processes sharing one sqlite file failed (a read-only database, tables that
+    already exist). Each test process is now a worker with a database of its own, as
+    under pytest-xdist, and sets the live server up for itself."""
+    pytest.importorskip("pytest_django")
+    for name, body in DJANGO_SUITE.items():
+        path = pytester.path / f"{name}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(body))
+    pytester.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = settings\npythonpath = .\n")
+    plain, tached = run_both(pytester, tach_args=("--tach-isolate", mode, "--tach-workers", "2"))
+    assert sum(v == "passed" for v in plain.values()) == 13
+    assert tached == plain
+    assert not list(pytester.path.glob("test_db.sqlite3*"))  # every test database removed

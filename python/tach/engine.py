@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from tach import handover, plan, replay, zygote
+from tach import handover, plan, replay, xdistcompat, zygote
 from tach.options import Settings
 
 DURATIONS_KEY = "tach/durations"
@@ -119,7 +119,8 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     ctx = zygote.Context(session=session, items=items, levels=levels, sock_path=sock_path,
                          fault_dir=private, forwarder=forwarder,
                          serial_fixtures=frozenset(settings.serial_fixtures),
-                         per_process_fixtures=frozenset(settings.per_process_fixtures),
+                         per_process_fixtures=xdistcompat.per_process_fixtures(
+                             config, settings.per_process_fixtures),
                          listen_fd=listener.fileno(), reset=settings.reset == "snapshot",
                          workers=processes, run_id=uuid.uuid4().hex)
     # Flush before forking: buffered output would otherwise be written twice.

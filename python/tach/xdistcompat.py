@@ -32,6 +32,43 @@ def refuse(config: pytest.Config, settings: options.Settings) -> None:
             "default: the usable CPUs), or run without -p tach (or with --tach-workers 0).")
 
 
+def per_process_fixtures(config: pytest.Config, listed: tuple[str, ...]) -> frozenset[str]:
+    """The fixtures to set up in each test process: those listed (ini
+    tach_per_process_fixtures), and pytest-django's test databases unless each lives in
+    memory. One test database set up in a zygote would be shared by every test process
+    at once (sqlite file: "database is locked", "UNIQUE constraint failed"; a server
+    database: tests see each other's rows), where each pytest-xdist worker creates its
+    own, named after the worker. An in-memory sqlite database is copied by the fork:
+    set up once, in the zygote, it is each process's own."""
+    names = set(listed)
+    if config.pluginmanager.has_plugin("django") and not _django_test_dbs_in_memory():
+        names.update(_DJANGO_PER_WORKER)
+    return frozenset(names)
+
+
+#: pytest-django's session fixtures that create the test databases, and those that
+#: name them after the worker (set up in a zygote, they would name them for none)
+_DJANGO_PER_WORKER = ("django_db_setup", "django_db_modify_db_settings",
+                      "django_db_modify_db_settings_xdist_suffix",
+                      "django_db_modify_db_settings_parallel_suffix")
+
+
+def _django_test_dbs_in_memory() -> bool:
+    try:
+        from django.conf import settings
+
+        databases = settings.DATABASES
+    except Exception:  # noqa: BLE001 - not configured (no settings): nothing to share
+        return True
+    for db in databases.values():
+        name = (db.get("TEST") or {}).get("NAME")
+        if "sqlite3" not in str(db.get("ENGINE", "")):
+            return False
+        if name and name != ":memory:" and not str(name).startswith("file:memorydb"):
+            return False
+    return True
+
+
 def become_worker(config: pytest.Config, slot: int, count: int, run_id: str) -> None:
     """Make this test process worker ``gw<slot>`` of ``count``, as pytest-xdist's
     worker ``gw<slot>`` would be: its environment variables, and ``config.workerinput``

@@ -561,11 +561,15 @@ class Zygote:
         for wanted in ("idle", "restoring", "finishing"):
             for w in self.reusable.values():
                 if w.state == wanted and w.job is None:
-                    w.job = job
                     try:
                         frames.send(w.ctl, job)
                     except OSError:
-                        continue  # it is exiting: reap() offers the test again
+                        # It is exiting (it could not restore itself). The test goes to
+                        # another process below; had w kept it, reap() would have
+                        # offered it again, and two processes would have run it (the
+                        # second's hello refused: "internal error ... BrokenPipeError").
+                        continue
+                    w.job = job
                     return
         alive = sum(1 for w in self.reusable.values() if w.state != "released")
         if left >= REUSE_MIN_TESTS * (alive + 1):
