@@ -677,3 +677,52 @@ def test_tach_collector_needs_312(lines_project: Path) -> None:
     assert r.returncode == 4
     assert "--tach-coverage: needs CPython 3.12+ (sys.monitoring)" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+GARBAGE_PKG = '''\
+def suspended():
+    try:
+        yield "started"
+    finally:
+        finalized()
+
+def finalized():
+    return "collected"
+'''
+
+GARBAGE_TESTS = '''\
+import gc
+import gcpkg
+
+class Holder:
+    pass
+
+def test_leaves_a_generator_in_a_reference_cycle():
+    h = Holder()
+    h.me = h
+    h.gen = gcpkg.suspended()
+    assert next(h.gen) == "started"
+
+def test_zz_a_later_collection():
+    gc.collect()  # in a plain run: the generator above is closed here
+'''
+
+
+@pytest.mark.parametrize("mode", ["test-snapshot", "test-fork", "none"])
+def test_garbage_a_test_leaves_is_finalized_and_measured(tmp_path: Path, mode: str) -> None:
+    """A generator a test leaves suspended in a reference cycle is closed by a later
+    garbage collection in a plain run, and coverage.py records its finally clause and
+    exit arc. A tach test process ends (or is restored) after its test, before any
+    later collection: it collects first."""
+    (tmp_path / "gcpkg").mkdir()
+    (tmp_path / "gcpkg/__init__.py").write_text(GARBAGE_PKG)
+    (tmp_path / "test_gc.py").write_text(GARBAGE_TESTS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\npythonpath = .\n")
+    args = ("--cov=gcpkg", "--cov-branch", "--cov-report=", "test_gc.py")
+    r = pytest_run(tmp_path, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    plain = read_data(tmp_path)
+    assert body_line(tmp_path / "gcpkg/__init__.py", "finalized") in plain["gcpkg/__init__.py"]["lines"]
+    r = pytest_run(tmp_path, *args, tach=TACH_MODES[mode])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (d := diff(plain, read_data(tmp_path), contexts=False)) == [], "\n".join(d)

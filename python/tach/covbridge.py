@@ -22,6 +22,8 @@ coverage.py internals, stable since 5.0: ``Coverage._instances``, ``._collector`
 
 from __future__ import annotations
 
+import gc
+
 import os
 import sys
 from collections.abc import Iterable
@@ -292,6 +294,13 @@ class CoverageBridge:
 
     def pytest_tach_handover(self, config: pytest.Config, item: pytest.Item | None,
                              output: dict[str, Any]) -> None:
+        if item is not None and _ends_batch(config):
+            # Garbage in a reference cycle (a generator a test left suspended, say) is
+            # finalized by a later collection in a plain run, and coverage.py records
+            # the lines its finalizer runs (a generator's exit arc). This process may
+            # end (os._exit) or be restored after this test: collect now. Only what
+            # this process made is looked at: its zygotes froze the rest (gc.freeze).
+            gc.collect()
         payloads = []
         for cov in dict.fromkeys([*self.adopted, *started()]):
             payload = _take(cov)
@@ -395,6 +404,12 @@ def _restart_sysmon(collector: Any) -> None:
     more, under its context. One callback per distinct line per phase."""
     if _uses_sysmon(collector):
         sys.monitoring.restart_events()  # type: ignore[attr-defined,unused-ignore]  # 3.12+
+
+
+def _ends_batch(config: pytest.Config) -> bool:
+    """Whether the test being handed over is the last of its process's batch."""
+    fw = config.pluginmanager.get_plugin("tach-forwarder")
+    return fw is not None and fw.test == fw.last
 
 
 def register(config: pytest.Config) -> None:
