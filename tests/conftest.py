@@ -30,21 +30,28 @@ def matrix(every: list[str], part: list[str]) -> list[str]:
     return every if FULL_MATRIX else part
 
 
+#: plugins installed for their own parity cases that change every other pytest run: a
+#: test that needs one is marked (marker -> plugin); the others run with -p no:<plugin>.
+#: pytest-django gives every test an autouse fixture that uses monkeypatch, which stress
+#: mode (like pytest-run-parallel) counts as thread-unsafe; pytest-xdist starts a thread
+#: at startup (on free-threaded 3.13 that immortalizes the heap) and leaves sockets open.
+OPTIONAL_PLUGINS = {"with_django": "django", "with_xdist": "xdist"}
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "with_django: the pytest runs this test starts load "
-                            "pytest-django (others run with -p no:django)")
+    for marker, plugin in OPTIONAL_PLUGINS.items():
+        config.addinivalue_line("markers", f"{marker}: the pytest runs this test starts load {plugin}")
 
 
 @pytest.fixture(autouse=True)
-def _without_django(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pytest-django, installed for its parity cases, gives every test of every pytest
-    run an autouse fixture that uses monkeypatch, which stress mode (like
-    pytest-run-parallel) counts as thread-unsafe: keep it out of the other runs."""
-    if request.node.get_closest_marker("with_django") is not None:
+def _without_optional_plugins(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    off = [f"-p no:{plugin}" for marker, plugin in OPTIONAL_PLUGINS.items()
+           if request.node.get_closest_marker(marker) is None]
+    if not off:
         return
     if "pytester" in request.fixturenames:
         request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS when set up
-    monkeypatch.setenv("PYTEST_ADDOPTS", f"{os.environ.get('PYTEST_ADDOPTS', '')} -p no:django".strip())
+    monkeypatch.setenv("PYTEST_ADDOPTS", " ".join([os.environ.get("PYTEST_ADDOPTS", ""), *off]).strip())
 
 
 requires_free_threading = pytest.mark.skipif(

@@ -833,10 +833,7 @@ def test_sequential_in_process_runs(pytester: pytest.Pytester) -> None:
     driver = pytester.makepyfile(driver="""
         import os, pytest
         def run():
-            # -p no:xdist: pytest-xdist 3.8 leaves two sockets open per pytest.main(),
-            # with or without tach
-            return int(pytest.main(["-q", "-p", "tach", "-p", "no:cacheprovider", "-p", "no:xdist",
-                                    "test_two.py"]))
+            return int(pytest.main(["-q", "-p", "tach", "-p", "no:cacheprovider", "test_two.py"]))
         codes = [run()]
         fds = len(os.listdir("/proc/self/fd"))
         codes += [run(), run()]

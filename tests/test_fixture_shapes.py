@@ -87,6 +87,7 @@ def test_a_bad_stall_report_value_is_a_usage_error(pytester: pytest.Pytester) ->
                                  "got 'soon'*"])
 
 
+@pytest.mark.with_xdist
 def test_pytest_xdist_at_once_is_refused_clearly(pytester: pytest.Pytester) -> None:
     pytest.importorskip("xdist")
     pytester.makepyfile("def test_a():\n    pass\n")
@@ -241,6 +242,7 @@ def test_verbose_says_which_fixture_is_set_up_per_process(pytester: pytest.Pytes
                                  "process instead"])
 
 
+@pytest.mark.with_xdist
 @pytest.mark.parametrize("mode", MODES)
 def test_each_test_process_is_a_worker_as_pytest_xdist_names_them(pytester: pytest.Pytester,
                                                                   mode: str) -> None:
