@@ -23,7 +23,6 @@ coverage.py internals, stable since 5.0: ``Coverage._instances``, ``._collector`
 from __future__ import annotations
 
 import gc
-
 import os
 import sys
 from collections.abc import Iterable

@@ -64,13 +64,15 @@ def _scope_node(item: pytest.Item, fixturedef: Any) -> nodes.Node | None:
     return None
 
 
-def _depends_on(name: str, targets: set[str], defs: dict[str, Any], seen: set[str]) -> bool:
+def depends_on(name: str, targets: set[str], defs: dict[str, Any], seen: set[str]) -> bool:
+    """Whether fixture `name` is one of `targets` or needs one (transitively), as defs
+    (an item's name2fixturedefs) resolve it."""
     if name in targets:
         return True
     if name in seen or name not in defs:
         return False
     seen.add(name)
-    return any(_depends_on(dep, targets, defs, seen) for dep in defs[name][-1].argnames)
+    return any(depends_on(dep, targets, defs, seen) for dep in defs[name][-1].argnames)
 
 
 def chain(item: pytest.Item) -> list[Level]:
@@ -110,7 +112,7 @@ def chain(item: pytest.Item) -> list[Level]:
             levels.append(Level(parent_key + base_key, push, names, scope=scope))
             continue
         targets = set(params)
-        dependent = [n for n in names if _depends_on(n, targets, defs or {}, set())]
+        dependent = [n for n in names if depends_on(n, targets, defs or {}, set())]
         base = [n for n in names if n not in dependent]
         levels.append(Level(parent_key + base_key, push, base, scope=scope))
         pkey = ",".join(f"{n}={callspec.indices[n]}" for n in params)

@@ -42,7 +42,7 @@ from _pytest.outcomes import TEST_OUTCOME, Exit
 
 from tach import forksafe, frames, gil, handover, xdistcompat
 from tach.forward import Forwarder
-from tach.plan import Level
+from tach.plan import Level, depends_on
 
 PR_SET_PDEATHSIG = 1
 SOCKET_DEADLINE = 30.0  # seconds a blocking send to the supervisor may take
@@ -368,7 +368,7 @@ class Zygote:
                     if (i, name) in self.level_fixtures or name in self.per_process:
                         continue
                     self.level_fixtures.add((i, name))
-                    if _needs(item, name, self.per_process):
+                    if depends_on(name, self.per_process, item._fixtureinfo.name2fixturedefs, set()):
                         self.per_process.add(name)  # it would set that one up here
                         continue
                     defs = item._fixtureinfo.name2fixturedefs.get(name)
@@ -795,23 +795,6 @@ class Zygote:
         if keep is not None:
             return keep
         return _connect(self.ctx.sock_path)
-
-
-def _needs(item: pytest.Item, name: str, targets: set[str]) -> bool:
-    """Whether fixture `name`, as item sees it, needs one of `targets` (transitively)."""
-    defs = item._fixtureinfo.name2fixturedefs
-    seen: set[str] = set()
-    todo = [name]
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n != name and n in targets:
-            return True
-        for d in defs.get(n, ()):
-            todo += d.argnames
-    return False
 
 
 def _live_threads() -> set[threading.Thread]:
