@@ -726,3 +726,56 @@ def test_garbage_a_test_leaves_is_finalized_and_measured(tmp_path: Path, mode: s
     r = pytest_run(tmp_path, *args, tach=TACH_MODES[mode])
     assert r.returncode == 0, r.stdout + r.stderr
     assert (d := diff(plain, read_data(tmp_path), contexts=False)) == [], "\n".join(d)
+
+
+class _Disposition:
+    def __init__(self, trace: bool) -> None:
+        self.trace = trace
+
+
+def test_files_decided_in_a_zygote_are_only_the_unmeasured_ones(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """The zygote decides, once for all the processes it forks, whether coverage.py
+    measures each imported module's file, by that module's namespace; it keeps only the
+    files not measured (deciding to measure a source package's file has a side effect
+    that belongs to the process running it) and leaves files two modules share open."""
+    from tach import covbridge
+
+    def module(name: str, filename: str) -> Any:
+        mod = type(sys)(name)
+        mod.__file__ = filename
+        return mod
+
+    for name, filename in [("warm_skipped", "/lib/skipped.py"), ("warm_measured", "/src/pkg/m.py"),
+                           ("warm_matched", "/lib/pkg2/__init__.py"), ("warm_twin_a", "/lib/twin.py"),
+                           ("warm_twin_b", "/lib/twin.py"), ("warm_cached", "/lib/cached.py")]:
+        monkeypatch.setitem(sys.modules, name, module(name, filename))
+    unmatched = ["pkg2"]
+    asked: list[tuple[str, Any]] = []
+
+    def decide(filename: str, frame: Any) -> _Disposition:
+        asked.append((filename, frame.f_globals["__name__"]))
+        if filename == "/lib/pkg2/__init__.py":
+            unmatched.remove("pkg2")  # what coverage.py does when a source package matches
+        return _Disposition(trace=filename.startswith("/src/"))
+
+    cached = _Disposition(trace=False)
+    collector = type("Collector", (), {})()
+    collector.should_trace_cache = {"/lib/cached.py": cached}
+    collector.should_trace = decide
+    cov = type("Cov", (), {})()
+    cov._collector = collector
+    cov._inorout = type("InOrOut", (), {"source_pkgs_unmatched": unmatched})()
+
+    ours = {name for name in sys.modules if name.startswith("warm_")}
+    done = covbridge._warm(cov, set(sys.modules) - ours)  # decided already: all but ours
+    cache = collector.should_trace_cache
+    assert set(cache) == {"/lib/skipped.py", "/lib/cached.py"}
+    assert cache["/lib/cached.py"] is cached
+    assert ("/lib/skipped.py", "warm_skipped") in asked and ("/src/pkg/m.py", "warm_measured") in asked
+    assert not any(f in ("/lib/twin.py", "/lib/cached.py") for f, _ in asked)
+    assert unmatched == ["pkg2"]
+    assert ours <= done
+    asked.clear()
+    covbridge._warm(cov, done)  # a zygote forked below: nothing decided twice
+    assert asked == []
