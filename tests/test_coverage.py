@@ -688,6 +688,15 @@ def suspended():
 
 def finalized():
     return "collected"
+
+def suspended_long():
+    try:
+        yield "started"
+    finally:
+        finalized_old()
+
+def finalized_old():
+    return "collected in the oldest generation"
 '''
 
 GARBAGE_TESTS = '''\
@@ -703,8 +712,16 @@ def test_leaves_a_generator_in_a_reference_cycle():
     h.gen = gcpkg.suspended()
     assert next(h.gen) == "started"
 
+def test_leaves_an_old_generator_in_a_reference_cycle():
+    h = Holder()
+    h.me = h
+    h.gen = gcpkg.suspended_long()
+    assert next(h.gen) == "started"
+    gc.collect(1)  # alive: moved to the oldest generation, which a young collection skips
+    del h
+
 def test_zz_a_later_collection():
-    gc.collect()  # in a plain run: the generator above is closed here
+    gc.collect()  # in a plain run: the generators above are closed here
 '''
 
 
@@ -713,7 +730,7 @@ def test_garbage_a_test_leaves_is_finalized_and_measured(tmp_path: Path, mode: s
     """A generator a test leaves suspended in a reference cycle is closed by a later
     garbage collection in a plain run, and coverage.py records its finally clause and
     exit arc. A tach test process ends (or is restored) after its test, before any
-    later collection: it collects first."""
+    later collection: it collects first (also what reached the oldest generation)."""
     (tmp_path / "gcpkg").mkdir()
     (tmp_path / "gcpkg/__init__.py").write_text(GARBAGE_PKG)
     (tmp_path / "test_gc.py").write_text(GARBAGE_TESTS)
@@ -722,7 +739,8 @@ def test_garbage_a_test_leaves_is_finalized_and_measured(tmp_path: Path, mode: s
     r = pytest_run(tmp_path, *args)
     assert r.returncode == 0, r.stdout + r.stderr
     plain = read_data(tmp_path)
-    assert body_line(tmp_path / "gcpkg/__init__.py", "finalized") in plain["gcpkg/__init__.py"]["lines"]
+    for body in ("finalized", "finalized_old"):
+        assert body_line(tmp_path / "gcpkg/__init__.py", body) in plain["gcpkg/__init__.py"]["lines"]
     r = pytest_run(tmp_path, *args, tach=TACH_MODES[mode])
     assert r.returncode == 0, r.stdout + r.stderr
     assert (d := diff(plain, read_data(tmp_path), contexts=False)) == [], "\n".join(d)
