@@ -524,3 +524,49 @@ def test_a_django_project_with_a_file_database_and_a_live_server(pytester: pytes
     assert sum(v == "passed" for v in plain.values()) == 13
     assert tached == plain
     assert not list(pytester.path.glob("test_db.sqlite3*"))  # every test database removed
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_session_fixture_reached_at_run_time_is_set_up_once_from_the_second_run(
+        pytester: pytest.Pytester, mode: str) -> None:
+    """A session fixture that tests reach only by name while they run (a function fixture's
+    request.getfixturevalue, as pytest-django's django_db marker does) is not in their
+    closure: the first run sets it up in each test process; tach learns it, and from the
+    next run their session zygote sets it up once, as a plain run does. Each setup
+    appends a line to a file, so the count is exact."""
+    setups = pytester.path / "setups.txt"
+    pytester.makeconftest(f"""
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def database():
+            with open({str(setups)!r}, "a") as f:
+                f.write("setup\\n")
+            return {{"rows": 3}}
+
+        @pytest.fixture
+        def rows(request):
+            if request.node.get_closest_marker("db") is None:
+                return None
+            return request.getfixturevalue("database")["rows"]
+    """)
+    pytester.makeini("[pytest]\nmarkers = db\n")
+    for m in range(3):
+        pytester.makepyfile(**{f"test_m{m}": "".join(
+            f"import pytest\n\n@pytest.mark.db\ndef test_{i}(rows):\n    assert rows == 3\n\n" for i in range(4))
+            + "def test_plain(rows):\n    assert rows is None\n"})
+
+    def count(*args: str) -> int:
+        setups.unlink(missing_ok=True)
+        result = pytester.runpytest_subprocess(*args, timeout=120)
+        result.assert_outcomes(passed=15)
+        return len(setups.read_text().splitlines())
+
+    assert count("-p", "no:cacheprovider") == 1
+    tach = ("-p", "tach", "--tach-isolate", mode, "--tach-workers", "2")
+    first = count(*tach)  # learned here: each test process set it up for itself
+    if mode == "test":  # one process per test (how many a long-lived runner takes varies)
+        assert first == 12
+    assert count(*tach) == 1
+    if mode == "test":
+        assert count(*tach, "--cache-clear") == 12

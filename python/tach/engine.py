@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from tach import handover, plan, replay, xdistcompat, zygote
+from tach import handover, plan, reached, replay, xdistcompat, zygote
 from tach.options import Settings
 
 DURATIONS_KEY = "tach/durations"
@@ -83,7 +83,10 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     result = RunResult()
     if not items:
         return result
-    levels = plan.plan(items, settings.isolate)
+    learned = reached.learned(config)
+    levels = plan.plan(items, settings.isolate, learned)
+    reached_defs = {i: plan.resolve(item, learned[item.nodeid]) for i, item in enumerate(items)
+                    if learned.get(item.nodeid) and hasattr(item, "_fixtureinfo")}
     groups: dict[int, str] = {}
     phases: dict[int, int] = {}
     if config.pluginmanager.has_plugin("dependency"):  # pytest-dependency: see plan.py
@@ -122,7 +125,7 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
                          per_process_fixtures=xdistcompat.per_process_fixtures(
                              config, settings.per_process_fixtures),
                          listen_fd=listener.fileno(), reset=settings.reset == "snapshot",
-                         workers=processes, run_id=uuid.uuid4().hex)
+                         workers=processes, run_id=uuid.uuid4().hex, reached_defs=reached_defs)
     # Flush before forking: buffered output would otherwise be written twice.
     sys.stdout.flush()
     sys.stderr.flush()

@@ -75,14 +75,47 @@ def depends_on(name: str, targets: set[str], defs: dict[str, Any], seen: set[str
     return any(depends_on(dep, targets, defs, seen) for dep in defs[name][-1].argnames)
 
 
-def chain(item: pytest.Item) -> list[Level]:
-    """The zygote levels item needs, outermost (the session) first."""
+def _lookup(item: pytest.Item, name: str) -> Sequence[Any] | None:
+    """The definitions of fixture `name` visible to item, as its request would find them
+    at run time (request.getfixturevalue)."""
+    fm = getattr(item.session, "_fixturemanager", None)
+    if fm is None:
+        return None
+    try:
+        if pytest.version_tuple >= (8, 1):
+            return fm.getfixturedefs(name, item)  # type: ignore[no-any-return]
+        return fm.getfixturedefs(name, item.parent.nodeid if item.parent else "")  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - a name that does not resolve is not set up
+        return None
+
+
+def resolve(item: pytest.Item, names: Sequence[str]) -> dict[str, Any]:
+    """item's name2fixturedefs, plus `names` (fixtures it reaches at run time) and what
+    they need, as its request would resolve them."""
+    defs = dict(_fixturedefs(item) or {})
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in defs or name == "request":
+            continue
+        found = _lookup(item, name)
+        if found:
+            defs[name] = found
+            todo.extend(found[-1].argnames)
+    return defs
+
+
+def chain(item: pytest.Item, reached: Sequence[str] = ()) -> list[Level]:
+    """The zygote levels item needs, outermost (the session) first. `reached`: fixtures
+    it reached at run time in an earlier run (tach.reached), set up with its own."""
     chain_nodes = item.listchain()
     session = chain_nodes[0]
     defs = _fixturedefs(item)
+    if defs is not None and reached:
+        defs = resolve(item, reached)
     by_node: dict[nodes.Node, list[str]] = {}
     if defs:
-        for name in item.fixturenames:
+        for name in [*item.fixturenames, *(n for n in reached if n not in item.fixturenames)]:
             fds = defs.get(name)
             if not fds:
                 continue  # "request" and other pseudo-fixtures
@@ -171,10 +204,13 @@ def batch_keys(items: Sequence[pytest.Item], isolate: str, workers: int) -> list
     return out
 
 
-def plan(items: Sequence[pytest.Item], isolate: str = "test") -> list[list[Level]]:
+def plan(items: Sequence[pytest.Item], isolate: str = "test",
+         reached: dict[str, list[str]] | None = None) -> list[list[Level]]:
     """Each item's zygote chain. With isolate module or none, the chain stops above the
-    module: a runner sets modules and classes up itself, as a plain pytest process."""
-    chains = [chain(item) for item in items]
+    module: a runner sets modules and classes up itself, as a plain pytest process.
+    `reached`: test id -> fixtures it reached at run time in an earlier run."""
+    reached = reached or {}
+    chains = [chain(item, reached.get(item.nodeid, ())) for item in items]
     if isolate != "test":
         chains = [[lv for lv in c if lv.scope in ("session", "package")] for c in chains]
     return chains

@@ -61,11 +61,12 @@ def pytest_configure(config: pytest.Config) -> None:
     _configure_stress(config, settings)
     _configure_lines(config)
     if settings.workers > 0:
-        from tach import covbridge, pluginstate, timeouts
+        from tach import covbridge, pluginstate, reached, timeouts
 
         covbridge.register(config)
         pluginstate.register(config)
         timeouts.register(config, fw)
+        reached.register(config)
 
 
 def _resolve_reset(settings: options.Settings) -> options.Settings:

@@ -34,7 +34,7 @@ import threading
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pytest
@@ -80,6 +80,14 @@ class Context:
     workers: int = 1
     #: the run's id, as pytest-xdist's testrun_uid
     run_id: str = ""
+    #: by item index: its fixture definitions with the ones it reached at run time in an
+    #: earlier run (plan.resolve), for the items that did
+    reached_defs: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def fixture_defs(self, index: int) -> dict[str, Any]:
+        """What item `index`'s request resolves fixture names to."""
+        got = self.reached_defs.get(index)
+        return got if got is not None else self.items[index]._fixtureinfo.name2fixturedefs
 
 
 #: A zygote makes a new test process reusable only when it can expect to run at least
@@ -368,10 +376,11 @@ class Zygote:
                     if (i, name) in self.level_fixtures or name in self.per_process:
                         continue
                     self.level_fixtures.add((i, name))
-                    if depends_on(name, self.per_process, item._fixtureinfo.name2fixturedefs, set()):
+                    item_defs = self.ctx.fixture_defs(i)
+                    if depends_on(name, self.per_process, item_defs, set()):
                         self.per_process.add(name)  # it would set that one up here
                         continue
-                    defs = item._fixtureinfo.name2fixturedefs.get(name)
+                    defs = item_defs.get(name)
                     if not defs or defs[-1].cached_result is None:
                         did_setup = True  # new objects: freeze them (cached ones are)
                     if name in self.ctx.serial_fixtures:
@@ -750,7 +759,7 @@ class Zygote:
         level = self.ctx.levels[index][self.depth - 1]
         if not level.parametrized:
             return set()
-        defs = self.ctx.items[index]._fixtureinfo.name2fixturedefs
+        defs = self.ctx.fixture_defs(index)
         return {id(defs[n][-1]) for n in level.fixtures if n in defs}
 
     def _fork_or_fail(self, kind: str, ident: int, conn: socket.socket | None = None) -> int:
