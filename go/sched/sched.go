@@ -135,6 +135,9 @@ type Scheduler struct {
 	// aloneGoing counts runners running a batch that must run alone (at most one,
 	// except while such runners wait at the teardown gate, where they run nothing).
 	aloneGoing int
+	// reserved counts, for the Next call in progress, the places kept for runners that
+	// wait at the teardown gate for nothing but a place.
+	reserved int
 }
 
 // New builds the tree for tests. At most limit runners (and zygotes setting up) are
@@ -323,6 +326,16 @@ func (s *Scheduler) Next() []Action {
 	if s.stopped {
 		return out
 	}
+	// A runner at the teardown gate gave its place back while it waited; once it may go
+	// through it needs one again, before new work: else every finished test's place
+	// went to a new unit, the gated runners (and their zygotes, and the zygotes' reused
+	// processes) would wait for the run to wind down, and zygotes would pile up.
+	s.reserved = 0
+	for _, r := range s.runners {
+		if r.alive && r.atGate && s.gateClear(r) {
+			s.reserved++
+		}
+	}
 	for {
 		a, ok := s.find(s.zygotes[0])
 		if !ok {
@@ -354,8 +367,14 @@ func (s *Scheduler) GateOpen(id int) bool {
 	}
 	r := s.runners[id]
 	if r.atGate && s.busy >= s.limit {
-		return false // tearing down takes a place again
+		return false // tearing down takes a place again (Next keeps one for it)
 	}
+	return s.gateClear(r)
+}
+
+// gateClear reports whether runner r's final batch waits for nothing but, if it is at
+// the gate, a place to tear down in.
+func (s *Scheduler) gateClear(r *Runner) bool {
 	if s.aloneGoing > 0 {
 		return false // a test that must run alone is running: teardowns wait for it
 	}
@@ -429,7 +448,7 @@ func (s *Scheduler) find(z *Zygote) (Action, bool) {
 	if u.alone && s.zygotes[0].busy > 0 {
 		return Action{}, false
 	}
-	if idle == nil && s.busy >= s.limit {
+	if idle == nil && s.busy+s.reserved >= s.limit {
 		return Action{}, false
 	}
 	z.queue = append(z.queue[:at:at], z.queue[at+1:]...)

@@ -1,6 +1,7 @@
 package sched
 
 import (
+	"fmt"
 	"reflect"
 	"testing"
 )
@@ -330,4 +331,82 @@ func TestStopEndsDispatchAndRetiresIdleRunners(t *testing.T) {
 	s.Stop()
 	s.TestDone(0)
 	mustNext(t, s, "retire")
+}
+
+// A module of many classes, each a zygote of its own, run in the order the supervisor
+// drives the scheduler: a finished test's place is offered to Next before the gated
+// runners are asked again. The runner of a class's last test waits at the teardown gate
+// without its place; it must get one back before new classes start, or every class
+// zygote (with its test processes) stays alive until the run winds down.
+func TestGatedRunnersGoThroughBeforeNewZygotesStart(t *testing.T) {
+	const classes, perClass, limit = 40, 5, 2
+	var tests []Test
+	for c := 0; c < classes; c++ {
+		for i := 0; i < perClass; i++ {
+			tests = append(tests, Test{Chain: chain("S", "M", fmt.Sprintf("C%d", c))})
+		}
+	}
+	s := New(tests, limit, false)
+	s.RootReady()
+	type run struct {
+		id     int
+		tests  []int
+		final  bool
+		passed bool // through the gate
+	}
+	var running []*run
+	var settingUp []int // spawned zygotes: ready a step later (setting up takes time)
+	waiting := map[int]*run{}
+	alive, maxAlive := 0, 0
+	for step := 0; s.Left() > 0; step++ {
+		if step > 100000 {
+			t.Fatalf("no end: %d tests left", s.Left())
+		}
+		for _, id := range settingUp {
+			s.Ready(id)
+		}
+		settingUp = settingUp[:0]
+		for _, a := range s.Next() {
+			switch a.Kind {
+			case Spawn:
+				alive++
+				settingUp = append(settingUp, a.Child)
+			case Run:
+				running = append(running, &run{id: a.Runner, tests: a.Tests, final: a.Final})
+			}
+		}
+		for id, r := range waiting {
+			if s.GateOpen(id) {
+				s.Through(id)
+				delete(waiting, id)
+				r.passed = true
+				running = append(running, r)
+			}
+		}
+		if alive > maxAlive {
+			maxAlive = alive
+		}
+		for _, id := range s.Drained() { // told to exit: it does
+			s.ZygoteExited(id)
+			alive--
+		}
+		if len(running) == 0 {
+			continue
+		}
+		r := running[0]
+		running = running[1:]
+		if r.final && !r.passed { // its test ran: it waits to tear its class down
+			s.AtGate(r.id)
+			waiting[r.id] = r
+			continue
+		}
+		for _, i := range r.tests {
+			s.TestDone(i)
+		}
+	}
+	// session, module, and the classes going: the ones with a test running or tearing
+	// down (at most limit) and the next one setting up.
+	if maxAlive > limit+3 {
+		t.Fatalf("%d zygotes alive at once with %d places", maxAlive, limit)
+	}
 }
