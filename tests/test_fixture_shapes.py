@@ -570,3 +570,44 @@ def test_a_session_fixture_reached_at_run_time_is_set_up_once_from_the_second_ru
     assert count(*tach) == 1
     if mode == "test":
         assert count(*tach, "--cache-clear") == 12
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_class_fixture_of_a_test_outside_any_class_is_that_tests_own(pytester: pytest.Pytester,
+                                                                        mode: str) -> None:
+    """pytest sets a class-scoped fixture up for a test outside any class as if it were
+    function-scoped (on the test itself). Found on djangorestframework's suite, where
+    pytest-django's autouse class fixture unblocks the database for Django TestCase
+    classes: tach had set it up once in the session zygote for a module-level test, and
+    the classes got that cached value instead of their own setup."""
+    pytester.makeini("[pytest]\npythonpath = .\n")
+    pytester.makepyfile(state="STATE = {'cls': None}\n")
+    pytester.makeconftest("""
+        import pytest
+        import state
+
+        @pytest.fixture(scope="class", autouse=True)
+        def per_class(request):
+            state.STATE["cls"] = request.cls.__name__ if request.cls is not None else None
+            yield
+            state.STATE["cls"] = None
+    """)
+    pytester.makepyfile(test_mixed="""
+        from state import STATE
+
+        def test_before():
+            assert STATE["cls"] is None
+
+        class TestA:
+            def test_a(self):
+                assert STATE["cls"] == "TestA"
+
+            def test_b(self):
+                assert STATE["cls"] == "TestA"
+
+        def test_after():
+            assert STATE["cls"] is None
+    """)
+    plain, tach = run_both(pytester, tach_args=("--tach-isolate", mode, "--tach-workers", "2"))
+    assert set(plain.values()) == {"passed"} and len(plain) == 4
+    assert tach == plain

@@ -123,6 +123,11 @@ def chain(item: pytest.Item, reached: Sequence[str] = ()) -> list[Level]:
             if _SCOPE_RANK.get(fd.scope, 4) >= 4:
                 continue
             node = _scope_node(item, fd)
+            if node is None and fd.scope == "class":
+                # pytest's own fallback for a test outside any class: the fixture lives
+                # on the test itself, set up and torn down with it (pytest-django's
+                # autouse _django_setup_unittest is one): the test process's.
+                continue
             if node is None or node not in chain_nodes:
                 node = session
             by_node.setdefault(node, []).append(name)
