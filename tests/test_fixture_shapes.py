@@ -611,3 +611,42 @@ def test_a_class_fixture_of_a_test_outside_any_class_is_that_tests_own(pytester:
     plain, tach = run_both(pytester, tach_args=("--tach-isolate", mode, "--tach-workers", "2"))
     assert set(plain.values()) == {"passed"} and len(plain) == 4
     assert tach == plain
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_session_fixture_a_class_fixture_reaches_is_set_up_once_from_the_second_run(
+        pytester: pytest.Pytester, mode: str) -> None:
+    """The same through a class fixture, as pytest-django's does for Django TestCase
+    classes (their class fixture reaches the session's django_db_setup): under `test` the
+    class zygotes set it up, each its own; tach learns it there too."""
+    setups = pytester.path / "setups.txt"
+    pytester.makeconftest(f"""
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def database():
+            with open({str(setups)!r}, "a") as f:
+                f.write("setup\\n")
+            return 3
+
+        @pytest.fixture(scope="class", autouse=True)
+        def class_db(request):
+            request.cls.rows = request.getfixturevalue("database")
+    """)
+    for m in range(2):
+        pytester.makepyfile(**{f"test_k{m}": "".join(
+            f"class TestK{c}:\n" + "".join(f"    def test_{i}(self):\n        assert self.rows == 3\n\n"
+                                          for i in range(2)) for c in range(3))})
+
+    def count(*args: str) -> int:
+        setups.unlink(missing_ok=True)
+        result = pytester.runpytest_subprocess(*args, timeout=120)
+        result.assert_outcomes(passed=12)
+        return len(setups.read_text().splitlines())
+
+    assert count("-p", "no:cacheprovider") == 1
+    tach = ("-p", "tach", "--tach-isolate", mode, "--tach-workers", "2")
+    first = count(*tach)
+    if mode == "test":  # each class zygote set it up
+        assert first == 6
+    assert count(*tach) == 1
