@@ -5,6 +5,7 @@ refused clearly)."""
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 
 import pytest
 
@@ -526,6 +527,30 @@ def test_a_django_project_with_a_file_database_and_a_live_server(pytester: pytes
     assert not list(pytester.path.glob("test_db.sqlite3*"))  # every test database removed
 
 
+def counted_database(pytester: pytest.Pytester, more_fixtures: str) -> Callable[..., int]:
+    """A conftest with a session fixture `database` (3) that appends a line to a file at
+    each setup, and `more_fixtures`; returns count(passed, *args): run pytest with args,
+    check that `passed` tests passed, return how many times `database` was set up."""
+    setups = pytester.path / "setups.txt"
+    pytester.makeconftest(textwrap.dedent(f"""
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def database():
+            with open({str(setups)!r}, "a") as f:
+                f.write("setup\\n")
+            return 3
+    """) + textwrap.dedent(more_fixtures))
+
+    def count(passed: int, *args: str) -> int:
+        setups.unlink(missing_ok=True)
+        result = pytester.runpytest_subprocess(*args, timeout=120)
+        result.assert_outcomes(passed=passed)
+        return len(setups.read_text().splitlines())
+
+    return count
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_session_fixture_reached_at_run_time_is_set_up_once_from_the_second_run(
         pytester: pytest.Pytester, mode: str) -> None:
@@ -534,21 +559,12 @@ def test_a_session_fixture_reached_at_run_time_is_set_up_once_from_the_second_ru
     closure: the first run sets it up in each test process; tach learns it, and from the
     next run their session zygote sets it up once, as a plain run does. Each setup
     appends a line to a file, so the count is exact."""
-    setups = pytester.path / "setups.txt"
-    pytester.makeconftest(f"""
-        import pytest
-
-        @pytest.fixture(scope="session")
-        def database():
-            with open({str(setups)!r}, "a") as f:
-                f.write("setup\\n")
-            return {{"rows": 3}}
-
+    count = counted_database(pytester, """
         @pytest.fixture
         def rows(request):
             if request.node.get_closest_marker("db") is None:
                 return None
-            return request.getfixturevalue("database")["rows"]
+            return request.getfixturevalue("database")
     """)
     pytester.makeini("[pytest]\nmarkers = db\n")
     for m in range(3):
@@ -556,20 +572,14 @@ def test_a_session_fixture_reached_at_run_time_is_set_up_once_from_the_second_ru
             f"import pytest\n\n@pytest.mark.db\ndef test_{i}(rows):\n    assert rows == 3\n\n" for i in range(4))
             + "def test_plain(rows):\n    assert rows is None\n"})
 
-    def count(*args: str) -> int:
-        setups.unlink(missing_ok=True)
-        result = pytester.runpytest_subprocess(*args, timeout=120)
-        result.assert_outcomes(passed=15)
-        return len(setups.read_text().splitlines())
-
-    assert count("-p", "no:cacheprovider") == 1
+    assert count(15, "-p", "no:cacheprovider") == 1
     tach = ("-p", "tach", "--tach-isolate", mode, "--tach-workers", "2")
-    first = count(*tach)  # learned here: each test process set it up for itself
+    first = count(15, *tach)  # learned here: each test process set it up for itself
     if mode == "test":  # one process per test (how many a long-lived runner takes varies)
         assert first == 12
-    assert count(*tach) == 1
+    assert count(15, *tach) == 1
     if mode == "test":
-        assert count(*tach, "--cache-clear") == 12
+        assert count(15, *tach, "--cache-clear") == 12
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -619,16 +629,7 @@ def test_a_session_fixture_a_class_fixture_reaches_is_set_up_once_from_the_secon
     """The same through a class fixture, as pytest-django's does for Django TestCase
     classes (their class fixture reaches the session's django_db_setup): under `test` the
     class zygotes set it up, each its own; tach learns it there too."""
-    setups = pytester.path / "setups.txt"
-    pytester.makeconftest(f"""
-        import pytest
-
-        @pytest.fixture(scope="session")
-        def database():
-            with open({str(setups)!r}, "a") as f:
-                f.write("setup\\n")
-            return 3
-
+    count = counted_database(pytester, """
         @pytest.fixture(scope="class", autouse=True)
         def class_db(request):
             request.cls.rows = request.getfixturevalue("database")
@@ -638,15 +639,9 @@ def test_a_session_fixture_a_class_fixture_reaches_is_set_up_once_from_the_secon
             f"class TestK{c}:\n" + "".join(f"    def test_{i}(self):\n        assert self.rows == 3\n\n"
                                           for i in range(2)) for c in range(3))})
 
-    def count(*args: str) -> int:
-        setups.unlink(missing_ok=True)
-        result = pytester.runpytest_subprocess(*args, timeout=120)
-        result.assert_outcomes(passed=12)
-        return len(setups.read_text().splitlines())
-
-    assert count("-p", "no:cacheprovider") == 1
+    assert count(12, "-p", "no:cacheprovider") == 1
     tach = ("-p", "tach", "--tach-isolate", mode, "--tach-workers", "2")
-    first = count(*tach)
+    first = count(12, *tach)
     if mode == "test":  # each class zygote set it up
         assert first == 6
-    assert count(*tach) == 1
+    assert count(12, *tach) == 1
