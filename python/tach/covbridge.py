@@ -211,7 +211,9 @@ def _warm(cov: Any, done: set[str]) -> set[str]:
             continue
         done.add(name)
         namespace = getattr(module, "__dict__", None)
-        filename = namespace.get("__file__") if isinstance(namespace, dict) else None
+        if not isinstance(namespace, dict):
+            continue
+        filename = namespace.get("__file__")
         if not isinstance(filename, str) or not filename.endswith(".py"):
             continue
         for value in namespace.values():  # the compiled name, where the .pyc was moved
@@ -228,12 +230,12 @@ def _warm(cov: Any, done: set[str]) -> set[str]:
     for filename, name in seen.items():
         if filename in shared:
             continue
-        before = list(unmatched) if isinstance(unmatched, list) else None
+        before = list(unmatched) if isinstance(unmatched, list) else []
         try:
             disp = decide(filename, _ModuleFrame(sys.modules[name].__dict__))
-        except Exception:  # coverage.py decides again at the first call, as always
+        except Exception:  # noqa: BLE001 - coverage.py decides again at the first call, as always
             disp = None
-        if before is not None and unmatched != before:
+        if isinstance(unmatched, list) and unmatched != before:
             unmatched[:] = before  # it matched a source package: decided where it runs
         elif disp is not None and not disp.trace:
             cache[filename] = disp
