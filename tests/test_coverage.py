@@ -768,6 +768,21 @@ def test_files_decided_in_a_zygote_are_only_the_unmeasured_ones(monkeypatch: pyt
                            ("warm_matched", "/lib/pkg2/__init__.py"), ("warm_twin_a", "/lib/twin.py"),
                            ("warm_twin_b", "/lib/twin.py"), ("warm_cached", "/lib/cached.py")]:
         monkeypatch.setitem(sys.modules, name, module(name, filename))
+
+    class Lazy:  # as Django's settings before configure(): any lookup raises
+        def __getattr__(self, attr: str) -> Any:
+            raise RuntimeError(f"looked up {attr}")
+
+        @property  # type: ignore[misc]
+        def __class__(self) -> Any:
+            raise RuntimeError("looked up __class__")
+
+    class LazyModule(type(sys)):  # type: ignore[misc]  # as importlib's LazyLoader's
+        def __getattribute__(self, attr: str) -> Any:
+            raise RuntimeError(f"loaded for {attr}")
+
+    sys.modules["warm_skipped"].settings = Lazy()
+    monkeypatch.setitem(sys.modules, "warm_lazy", LazyModule("warm_lazy"))
     unmatched = ["pkg2"]
     asked: list[tuple[str, Any]] = []
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -204,35 +205,38 @@ def _warm(cov: Any, done: set[str]) -> set[str]:
     if not isinstance(cache, dict) or decide is None or inorout is None:
         return done
     unmatched = getattr(inorout, "source_pkgs_unmatched", None)
-    seen: dict[str, str] = {}  # filename -> module, for files no two modules share
+    seen: dict[str, dict[str, Any]] = {}  # filename -> namespace, for files no two modules share
     shared: set[str] = set()
     for name, module in list(sys.modules.items()):
-        if name in done or module is None:
+        if name in done:
             continue
         done.add(name)
-        namespace = getattr(module, "__dict__", None)
-        if not isinstance(namespace, dict):
-            continue
+        if type(module) is not types.ModuleType:
+            continue  # a lazy module (importlib's LazyLoader) would load on any attribute
+        namespace = module.__dict__
         filename = namespace.get("__file__")
         if not isinstance(filename, str) or not filename.endswith(".py"):
             continue
-        for value in namespace.values():  # the compiled name, where the .pyc was moved
-            code = getattr(value, "__code__", None)
-            if getattr(value, "__module__", None) == name and code is not None:
-                filename = code.co_filename
+        # The compiled name, where the .pyc was moved: from a function the module
+        # defines. Only plain functions are looked at, by exact type: an attribute
+        # lookup (even isinstance's __class__) on other objects can run code (Django's
+        # lazy settings raise until configured).
+        for value in list(namespace.values()):
+            if type(value) is types.FunctionType and value.__module__ == name:
+                filename = value.__code__.co_filename
                 break
         if filename in cache or filename in shared:
             continue
         if filename in seen:  # which module's frame comes first decides: leave it open
             shared.add(filename)
             continue
-        seen[filename] = name
-    for filename, name in seen.items():
+        seen[filename] = namespace
+    for filename, namespace in seen.items():
         if filename in shared:
             continue
         before = list(unmatched) if isinstance(unmatched, list) else []
         try:
-            disp = decide(filename, _ModuleFrame(sys.modules[name].__dict__))
+            disp = decide(filename, _ModuleFrame(namespace))
         except Exception:  # noqa: BLE001 - coverage.py decides again at the first call, as always
             disp = None
         if isinstance(unmatched, list) and unmatched != before:
