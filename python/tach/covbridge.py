@@ -355,8 +355,9 @@ class CoverageBridge:
         #: the Coverage objects measuring when this process was forked: they hand over
         #: even if stopped since (pytest-testmon stops pytest-cov's while it measures)
         self.adopted: list[Any] = []
-        #: modules whose files _warm has decided on (in this process or a parent)
-        self.warmed: set[str] = set()
+        #: by Coverage (its id): modules whose files _warm has decided on for it, in this
+        #: process or a parent (each Coverage has a cache of its own)
+        self.warmed: dict[int, set[str]] = {}
         #: in a test process: gen 1 and 2 collections when its batch began (_older)
         self.older: int | None = None
 
@@ -367,7 +368,7 @@ class CoverageBridge:
         for cov in self.adopted:
             _adopt(cov)
             if role == "zygote":
-                self.warmed = _warm(cov, self.warmed)
+                self.warmed[id(cov)] = _warm(cov, self.warmed.get(id(cov), set()))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> None:
@@ -385,7 +386,8 @@ class CoverageBridge:
             # What the batch made is in generations 0 and 1 unless a collection of 1 or
             # 2 ran since it began: then a full one is needed. (A full one costs ~0.5 ms
             # in a restored process, where it first writes to pages a generation-1
-            # collection leaves alone: most of a trivial test's coverage overhead.)
+            # collection leaves alone: a sizeable part of a trivial test's coverage
+            # overhead in `test` mode.)
             gc.collect(1 if _older() == self.older else 2)
             self.older = None
         payloads = []

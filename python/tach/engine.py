@@ -84,9 +84,9 @@ def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder
     if not items:
         return result
     learned = reached.learned(config)
-    levels = plan.plan(items, settings.isolate, learned)
-    reached_defs = {i: plan.resolve(item, learned[item.nodeid]) for i, item in enumerate(items)
-                    if learned.get(item.nodeid) and hasattr(item, "_fixtureinfo")}
+    reached_defs = {i: defs for i, item in enumerate(items)
+                    if (names := learned.get(item.nodeid)) and (defs := plan.resolve(item, names)) is not None}
+    levels = plan.plan(items, settings.isolate, learned, reached_defs)
     groups: dict[int, str] = {}
     phases: dict[int, int] = {}
     if config.pluginmanager.has_plugin("dependency"):  # pytest-dependency: see plan.py

@@ -89,10 +89,14 @@ def _lookup(item: pytest.Item, name: str) -> Sequence[Any] | None:
         return None
 
 
-def resolve(item: pytest.Item, names: Sequence[str]) -> dict[str, Any]:
+def resolve(item: pytest.Item, names: Sequence[str]) -> dict[str, Any] | None:
     """item's name2fixturedefs, plus `names` (fixtures it reaches at run time) and what
-    they need, as its request would resolve them."""
-    defs = dict(_fixturedefs(item) or {})
+    they need, as its request would resolve them; None for an item that sets up its own
+    fixtures (see _fixturedefs)."""
+    own = _fixturedefs(item)
+    if own is None:
+        return None
+    defs = dict(own)
     todo = list(names)
     while todo:
         name = todo.pop()
@@ -105,14 +109,15 @@ def resolve(item: pytest.Item, names: Sequence[str]) -> dict[str, Any]:
     return defs
 
 
-def chain(item: pytest.Item, reached: Sequence[str] = ()) -> list[Level]:
+def chain(item: pytest.Item, reached: Sequence[str] = (), resolved: dict[str, Any] | None = None) -> list[Level]:
     """The zygote levels item needs, outermost (the session) first. `reached`: fixtures
-    it reached at run time in an earlier run (tach.reached), set up with its own."""
+    it reached at run time in an earlier run (tach.reached), set up with its own;
+    `resolved`: resolve(item, reached), where the caller has it already."""
     chain_nodes = item.listchain()
     session = chain_nodes[0]
     defs = _fixturedefs(item)
     if defs is not None and reached:
-        defs = resolve(item, reached)
+        defs = resolved if resolved is not None else resolve(item, reached)
     by_node: dict[nodes.Node, list[str]] = {}
     if defs:
         for name in [*item.fixturenames, *(n for n in reached if n not in item.fixturenames)]:
@@ -210,12 +215,14 @@ def batch_keys(items: Sequence[pytest.Item], isolate: str, workers: int) -> list
 
 
 def plan(items: Sequence[pytest.Item], isolate: str = "test",
-         reached: dict[str, list[str]] | None = None) -> list[list[Level]]:
+         reached: dict[str, list[str]] | None = None,
+         resolved: dict[int, dict[str, Any]] | None = None) -> list[list[Level]]:
     """Each item's zygote chain. With isolate module or none, the chain stops above the
     module: a runner sets modules and classes up itself, as a plain pytest process.
-    `reached`: test id -> fixtures it reached at run time in an earlier run."""
-    reached = reached or {}
-    chains = [chain(item, reached.get(item.nodeid, ())) for item in items]
+    `reached`: test id -> fixtures it reached at run time in an earlier run; `resolved`:
+    by item index, resolve(item, its reached names), where the caller has it already."""
+    reached, resolved = reached or {}, resolved or {}
+    chains = [chain(item, reached.get(item.nodeid, ()), resolved.get(i)) for i, item in enumerate(items)]
     if isolate != "test":
         chains = [[lv for lv in c if lv.scope in ("session", "package")] for c in chains]
     return chains
