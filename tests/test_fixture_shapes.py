@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -212,6 +213,43 @@ THREADED_SUITE = {
         def test_pool_runs_tasks(pool, answer, i):
             assert pool.submit(lambda: answer + i).result(timeout=30) == 42 + i
     """,
+    # setup_module and setUpClass are fixtures to pytest: a thread they start is found.
+    "test_xunit": """
+        from concurrent.futures import ThreadPoolExecutor
+
+        def setup_module(module):
+            module.ex = ThreadPoolExecutor(1)
+            ex.submit(lambda: None).result()
+
+        def teardown_module(module):
+            ex.shutdown()
+
+        def test_one():
+            assert ex.submit(lambda: 1).result(timeout=30) == 1
+
+        def test_two():
+            assert ex.submit(lambda: 2).result(timeout=30) == 2
+    """,
+    "test_unit": """
+        import unittest
+        from concurrent.futures import ThreadPoolExecutor
+
+        class T(unittest.TestCase):
+            @classmethod
+            def setUpClass(cls):
+                cls.ex = ThreadPoolExecutor(1)
+                cls.ex.submit(lambda: None).result()
+
+            @classmethod
+            def tearDownClass(cls):
+                cls.ex.shutdown()
+
+            def test_one(self):
+                self.assertEqual(self.ex.submit(lambda: 1).result(timeout=30), 1)
+
+            def test_two(self):
+                self.assertEqual(self.ex.submit(lambda: 2).result(timeout=30), 2)
+    """,
 }
 
 
@@ -221,13 +259,13 @@ def test_fixtures_that_leave_threads_running_work_in_every_test(pytester: pytest
     """A session fixture's thread does not survive a fork: tests forked from the zygote
     that set up pytest-httpserver's server got HTTP 500 from the zygote's copy, and the
     run hung in its shutdown; a thread pool's tasks never ran. Such a fixture is now set
-    up in each test process, and torn down there."""
+    up in each test process, and torn down there (setup_module's and setUpClass's too)."""
     pytest.importorskip("pytest_httpserver")
     write_suite(pytester, THREADED_SUITE)
     plain, tached = run_both(pytester, tach_args=("--tach-isolate", mode, "--tach-workers", "2", "-v"))
     assert tached == plain
     assert plain["test_server::test_fails_like_plain"] == "failed"
-    assert sum(v == "passed" for v in plain.values()) == 8
+    assert sum(v == "passed" for v in plain.values()) == 12
     made = {p.name.split("-")[1] for p in pytester.path.glob("setup-*")}
     gone = {p.name.split("-")[1] for p in pytester.path.glob("teardown-*")}
     assert made == gone and len(made) >= 2  # the plain run's process, and tach's
@@ -645,3 +683,100 @@ def test_a_session_fixture_a_class_fixture_reaches_is_set_up_once_from_the_secon
     if mode == "test":  # each class zygote set it up
         assert first == 6
     assert count(12, *tach) == 1
+
+
+SETUP_HOOKS_SUITE = {
+    "conftest": """
+        import logging, socket, warnings
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def talky():
+            print("session fixture printed")
+            logging.getLogger("fx").warning("session fixture logged")
+            warnings.warn(UserWarning("session fixture warned"))
+            return 1
+
+        @pytest.fixture(scope="module")
+        def module_talky(talky):
+            print("module fixture printed")
+            return talky + 1
+
+        @pytest.fixture(scope="session")
+        def connects():
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+
+        @pytest.fixture
+        def own():
+            print("function fixture printed")
+            logging.getLogger("fx").warning("function fixture logged")
+    """,
+    "test_a": """
+        import pytest
+
+        @pytest.mark.skip(reason="skipped before its fixtures are set up")
+        def test_0_skipped(module_talky):
+            pass
+
+        def test_1_first(module_talky, own):
+            print("test printed")
+            assert module_talky == 3
+
+        def test_2_second(talky):
+            assert talky == 2
+    """,
+    "test_b": """
+        def test_socket(connects):
+            pass
+
+        def test_no_socket():
+            pass
+    """,
+}
+
+
+def _setup_reports(path: Any) -> dict[tuple[str, str], tuple[str, list[Any]]]:
+    """From a report log: each report's outcome and sections by (test, phase)."""
+    import json
+
+    reports: dict[tuple[str, str], tuple[str, list[Any]]] = {}
+    for line in path.read_text().splitlines():
+        doc = json.loads(line)
+        if doc["$report_type"] == "TestReport":
+            reports[(doc["nodeid"], doc["when"])] = (doc["outcome"], doc["sections"])
+    return reports
+
+
+def _warnings_summary(result: pytest.RunResult) -> list[str]:
+    """The warnings summary's lines (each test id, then its warnings)."""
+    lines = result.outlines
+    start = next(i for i, line in enumerate(lines) if "warnings summary" in line)
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("-- Docs"))
+    return lines[start + 1:end]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_zygote_setup_runs_inside_the_first_tests_setup_hooks(pytester: pytest.Pytester, mode: str) -> None:
+    """A higher-scoped fixture set up in a zygote is set up inside the setup hooks of the
+    first test (in collection order) whose setup reaches it, as in a plain run: a
+    plugin's hook sees it (pytest-socket's --disable-socket refuses a session fixture's
+    socket), and what capture, logging and the warnings plugin gather lands on that
+    test's setup report, merged with what its own fixtures produce (a test skipped
+    before its fixtures is not that test)."""
+    pytest.importorskip("pytest_socket")
+    write_suite(pytester, SETUP_HOOKS_SUITE)
+    plain, tached = pytester.path / "plain.jsonl", pytester.path / "tach.jsonl"
+    common = ("-p", "no:cacheprovider", "--disable-socket")
+    expected_run = pytester.runpytest_subprocess(*common, f"--report-log={plain}", timeout=120)
+    result = pytester.runpytest_subprocess("-p", "tach", *common, "--tach-isolate", mode, "--tach-workers", "2",
+                                           f"--report-log={tached}", timeout=120)
+    result.assert_outcomes(passed=1, failed=2, skipped=1, errors=1, warnings=2)
+    expected = _setup_reports(plain)
+    first = expected[("test_a.py::test_1_first", "setup")][1]
+    assert [name for name, _ in first] == ["Captured stdout setup", "Captured log setup"]
+    assert first[0][1] == "session fixture printed\nmodule fixture printed\nfunction fixture printed\n"
+    assert expected[("test_b.py::test_socket", "setup")][0] == "failed"  # the socket blocked
+    assert _setup_reports(tached) == expected
+    summary = _warnings_summary(expected_run)
+    assert summary[0] == "test_a.py::test_1_first"
+    assert _warnings_summary(result) == summary

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tach import frames
+from tach import frames, setuphooks
 
 
 class Forwarder:
@@ -39,6 +39,11 @@ class Forwarder:
         # waits for the test's "done" (and the next test's "start") to share one write.
         # Setup and call reports go at once, so that a crash later still shows them.
         self.buffer = bytearray()
+        #: in a zygote setting fixtures up: keep the warnings recorded (in ``held``)
+        self.hold = False
+        self.held: list[dict[str, Any]] = []
+        #: index of the test whose setup sections include its zygote's (to merge)
+        self.merge_setup = -1
 
     def send(self, msg: dict[str, Any], flush: bool = True) -> None:
         assert self.sock is not None
@@ -82,6 +87,9 @@ class Forwarder:
         """The wait for the call turn is pytest's call phase, as timed, but not the test's:
         --durations, junit times and the durations tach schedules by must not count it
         (they showed 26 ms calls of 10 ms bodies)."""
+        if call.when == "setup" and self.merge_setup == self.test:
+            self.merge_setup = -1
+            setuphooks.merge_sections(item, "setup")
         if call.when == "call" and self.waited:
             call.start += self.waited
             call.duration = max(0.0, call.duration - self.waited)
@@ -113,13 +121,16 @@ class Forwarder:
 
     def pytest_warning_recorded(self, warning_message: Any, when: str, nodeid: str,
                                 location: Any) -> None:
-        if self.sock is None:
+        if self.sock is None and not self.hold:
             return
         from tach.replay import serialize_warning
 
-        self.send({"t": "warning", "test": self.test, "data": {
-            "warning": serialize_warning(warning_message), "when": when, "nodeid": nodeid,
-            "location": list(location) if location else None}})
+        data = {"warning": serialize_warning(warning_message), "when": when, "nodeid": nodeid,
+                "location": list(location) if location else None}
+        if self.sock is None:
+            self.held.append(data)  # a zygote's: sent by the test process it is for
+        else:
+            self.send({"t": "warning", "test": self.test, "data": data})
 
 
 def _unstop(config: pytest.Config) -> None:

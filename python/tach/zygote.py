@@ -35,12 +35,12 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 from _pytest.outcomes import TEST_OUTCOME, Exit
 
-from tach import forksafe, frames, gil, handover, xdistcompat
+from tach import forksafe, frames, gil, handover, setuphooks, xdistcompat
 from tach.forward import Forwarder
 from tach.plan import Level, depends_on
 
@@ -227,8 +227,8 @@ class Zygote:
         #: the parent's stack when this zygote was forked: what it pushed lies above
         self.fork_base: list[Any] = []
         self.children: dict[int, int] = {}  # pidfd -> pid
-        self.pending_out = ""  # captured fixture output owed to the next test run
-        self.pending_err = ""
+        #: what fixture setup here produced for tests not run yet (output, warnings)
+        self.pending: list[setuphooks.Produced] = []
         self.level_fixtures: set[tuple[int, str]] = set()  # (item index, name) set up here
         #: fixtures set up in each test process instead: listed so, or their setup here
         #: left a thread running
@@ -356,61 +356,132 @@ class Zygote:
         """Set up the fixtures of this zygote's own level that these tests need; say
         whether anything new was set up.
 
-        A fixture that raises is cached by pytest with its exception; each test that
-        needs it gets the same error at setup, as in a plain run. Output is captured as
-        pytest would during the first test's setup and handed to the next runner.
+        They are set up inside the setup hooks of the first of these tests that needs
+        one (see setuphooks), as a plain run sets them up inside that test's setup; what
+        those hooks produce (captured output, log, warnings) goes to the process that
+        runs the tests. A fixture that raises is cached by pytest with its exception;
+        each test that needs it gets the same error at setup, as in a plain run.
         """
         if self.depth == 0:
             return False
+        new = [i for i in tests if self._new_fixtures(i)]
+        if not new:
+            return False
+        did_setup = [False]
+
+        def inner() -> None:
+            did_setup[0] = self._set_up(tests)
+
+        runs = {id(d) for i in new for d in self._runs(i)}
+        if not runs:
+            # Only fixtures set up here already (or set up in each test process):
+            # nothing runs that a hook would see.
+            self._set_up_captured(tests[0], inner)
+            return did_setup[0]
+        fw = self.ctx.forwarder
+        fw.hold = True
+        try:
+            for i in self._needing(runs, tests):
+                produced = setuphooks.set_up_as(i, self.ctx.items[i], inner, fw.held)
+                if produced is not None:
+                    if produced.sections or produced.warnings:
+                        self.pending.append(produced)
+                    break
+            # Else each of them ends its setup before its fixtures (a skip mark, say):
+            # as in a plain run, none sets them up; a later test that needs them will.
+        finally:
+            fw.hold = False
+        if did_setup[0]:
+            self.handover()
+            _freeze()
+            self.check_sockets()
+        return did_setup[0]
+
+    def _level_names(self, i: int) -> list[str]:
+        """The fixtures of this zygote's level that test `i` needs."""
+        levels = self.ctx.levels[i]
+        return levels[self.depth - 1].fixtures if self.depth <= len(levels) else []
+
+    def _new_fixtures(self, i: int) -> list[str]:
+        """The fixtures of this level test `i` needs that were not looked at for it."""
+        return [name for name in self._level_names(i)
+                if (i, name) not in self.level_fixtures and name not in self.per_process]
+
+    def _runs(self, i: int) -> list[Any]:
+        """The definitions of test `i`'s new fixtures whose functions would run here."""
+        item_defs = self.ctx.fixture_defs(i)
+        out = []
+        for name in self._new_fixtures(i):
+            defs = item_defs.get(name)
+            if defs and defs[-1].cached_result is None and not depends_on(
+                    name, self.per_process, item_defs, set()):
+                out.append(defs[-1])
+        return out
+
+    def _needing(self, runs: set[int], tests: list[int]) -> Iterator[int]:
+        """The tests that need a fixture definition of `runs` (by id), in collection
+        order: the first whose setup hooks reach its fixtures is the one whose setup
+        sets them up, as in a plain run. Only these tests: the process that runs them
+        is the one that can report what the setup produced."""
+        for i in sorted(tests):
+            item_defs = self.ctx.fixture_defs(i)
+            for name in self._level_names(i):
+                defs = item_defs.get(name)
+                if defs and id(defs[-1]) in runs:
+                    yield i
+                    break
+
+    def _set_up_captured(self, test: int, inner: Callable[[], None]) -> None:
+        """Run `inner` with its output captured as test `test`'s setup output."""
         capman = self.ctx.session.config.pluginmanager.getplugin("capturemanager")
         if capman is not None:
             capman.resume_global_capture()
-        did_setup = False
         try:
-            for i in tests:
-                levels = self.ctx.levels[i]
-                if self.depth > len(levels):
-                    continue
-                item = self.ctx.items[i]
-                for name in levels[self.depth - 1].fixtures:
-                    if (i, name) in self.level_fixtures or name in self.per_process:
-                        continue
-                    self.level_fixtures.add((i, name))
-                    item_defs = self.ctx.fixture_defs(i)
-                    if depends_on(name, self.per_process, item_defs, set()):
-                        self.per_process.add(name)  # it would set that one up here
-                        continue
-                    defs = item_defs.get(name)
-                    if not defs or defs[-1].cached_result is None:
-                        did_setup = True  # new objects: freeze them (cached ones are)
-                    if name in self.ctx.serial_fixtures:
-                        self.make_serial(f"it set up fixture {name!r}, listed in tach_serial_fixtures")
-                    # pytest >= 9 asks that the requesting item be active (on the
-                    # SetupState stack); it is, for the length of this request. Only
-                    # higher-scoped fixtures are requested here, and they register
-                    # their finalizers on their own scope nodes, not on the item.
-                    stack = self.ctx.session._setupstate.stack
-                    threads, fins = _live_threads(), finalizer_counts(stack)
-                    stack[item] = ([], None)
-                    try:
-                        item._request.getfixturevalue(name)
-                    except TEST_OUTCOME:
-                        pass  # pytest cached the error: the test's own setup re-raises it
-                    finally:
-                        stack.pop(item, None)
-                    started = _live_threads() - threads
-                    if started:
-                        self.set_up_per_process(item, name, started, fins)
+            inner()
         finally:
             if capman is not None:
                 capman.suspend_global_capture()
                 out, err = capman.read_global_capture()
-                self.pending_out += out
-                self.pending_err += err
-        if did_setup:
-            self.handover()
-            _freeze()
-            self.check_sockets()
+                sections = [["setup", key, text] for key, text in (("stdout", out), ("stderr", err)) if text]
+                if sections:
+                    self.pending.append(setuphooks.Produced(test, sections))
+
+    def _set_up(self, tests: list[int]) -> bool:
+        did_setup = False
+        for i in tests:
+            levels = self.ctx.levels[i]
+            if self.depth > len(levels):
+                continue
+            item = self.ctx.items[i]
+            for name in levels[self.depth - 1].fixtures:
+                if (i, name) in self.level_fixtures or name in self.per_process:
+                    continue
+                self.level_fixtures.add((i, name))
+                item_defs = self.ctx.fixture_defs(i)
+                if depends_on(name, self.per_process, item_defs, set()):
+                    self.per_process.add(name)  # it would set that one up here
+                    continue
+                defs = item_defs.get(name)
+                if not defs or defs[-1].cached_result is None:
+                    did_setup = True  # new objects: freeze them (cached ones are)
+                if name in self.ctx.serial_fixtures:
+                    self.make_serial(f"it set up fixture {name!r}, listed in tach_serial_fixtures")
+                # pytest >= 9 asks that the requesting item be active (on the
+                # SetupState stack); it is, for the length of this request. Only
+                # higher-scoped fixtures are requested here, and they register
+                # their finalizers on their own scope nodes, not on the item.
+                stack = self.ctx.session._setupstate.stack
+                threads, fins = _live_threads(), finalizer_counts(stack)
+                stack[item] = ([], None)
+                try:
+                    item._request.getfixturevalue(name)
+                except TEST_OUTCOME:
+                    pass  # pytest cached the error: the test's own setup re-raises it
+                finally:
+                    stack.pop(item, None)
+                started = _live_threads() - threads
+                if started:
+                    self.set_up_per_process(item, name, started, fins)
         return did_setup
 
     def set_up_per_process(self, item: pytest.Item, name: str, started: set[threading.Thread],
@@ -501,7 +572,7 @@ class Zygote:
                 z.fork_base = stack
                 z.serial = self.serial  # what made this zygote serial is inherited
                 z.loops = self.loops
-                z.pending_out, z.pending_err = self.pending_out, self.pending_err
+                z.pending = setuphooks.take_for(self.pending, tests)
                 z.direct_left = sum(1 for i in tests if len(self.ctx.levels[i]) == z.depth)
                 frames.send(conn, {"t": "hello", "role": "zygote", "id": child, "pid": os.getpid()})
                 z.push_level(tests)
@@ -511,7 +582,7 @@ class Zygote:
                 _report_fatal(self.ctx, "zygote")
             os._exit(0)
         if pid > 0:
-            self.pending_out = self.pending_err = ""
+            setuphooks.take_for(self.pending, tests)
 
     def run(self, runner: int, tests: list[int], final: bool, persistent: bool, slot: int) -> None:
         self.poll_ctl()  # a process that freed the slot for this test may take it
@@ -519,8 +590,7 @@ class Zygote:
         left = self.direct_left  # tests still to run here, these included
         self.direct_left -= len(tests)
         job = {"t": "job", "runner": runner, "tests": tests, "final": final, "persistent": persistent,
-               "slot": slot, "out": self.pending_out, "err": self.pending_err}
-        self.pending_out = self.pending_err = ""
+               "slot": slot, "produced": [p.to_frame() for p in self._produced_for(tests, persistent)]}
         if not self.ctx.reset or persistent:
             self.fork_runner(job)
             return
@@ -529,6 +599,15 @@ class Zygote:
         self.offer(job, left)
         if self.direct_left <= 0:
             self.release_idle()  # no test left for them
+
+    def _produced_for(self, tests: list[int], persistent: bool) -> list[setuphooks.Produced]:
+        """What fixture setup produced for these tests, to go with them. A long-lived
+        runner takes everything: its later batches come from the supervisor, not
+        through here (what it finds for tests it does not run, its first test gets)."""
+        if persistent:
+            taken, self.pending = self.pending, []
+            return taken
+        return setuphooks.take_for(self.pending, tests)
 
     def fork_runner(self, job: dict[str, Any]) -> None:
         """Fork a test process for one batch; it exits after it."""
@@ -549,7 +628,7 @@ class Zygote:
             try:
                 self.enter_child("runner", keep=rconn)
                 r = Runner(self.ctx, rconn, runner, stack, self.teardown_base,
-                           self.parametrized_fixtures(tests[0]), (job["out"], job["err"]))
+                           self.parametrized_fixtures(tests[0]), _produced(job))
                 r.serve(tests, bool(job["final"]), bool(job["persistent"]), int(job["slot"]))
             except BaseException:  # noqa: BLE001
                 _report_fatal(self.ctx, f"runner {runner}", runner)
@@ -559,7 +638,7 @@ class Zygote:
     def keep_output(self, job: dict[str, Any]) -> None:
         """No process started for job: its captured fixture setup output goes to the
         next one, as before run() handed it to this job."""
-        self.pending_out, self.pending_err = job["out"] + self.pending_out, job["err"] + self.pending_err
+        self.pending += _produced(job)
 
     # -- reusable test processes (--tach-reset snapshot) ----------------------------
     def offer(self, job: dict[str, Any], left: int) -> None:
@@ -717,7 +796,7 @@ class Zygote:
         runner, tests = int(job["runner"]), [int(i) for i in job["tests"]]
         frames.send(rconn, {"t": "take", "runner": runner} if restores > 0 else _runner_hello(runner))
         r = Runner(self.ctx, rconn, runner, list(self.ctx.session._setupstate.stack), self.teardown_base,
-                   self.parametrized_fixtures(tests[0]), (job["out"], job["err"]))
+                   self.parametrized_fixtures(tests[0]), _produced(job))
         if restores >= 0 and not job["final"]:
             # Before the supervisor hears the test is done and gives its slot to the
             # next test: this process can take that test once it is restored.
@@ -913,7 +992,7 @@ class Runner:
 
     def __init__(self, ctx: Context, conn: socket.socket, rid: int, stack: list[Any],
                  teardown_base: list[Any], param_fixtures: set[int],
-                 pending: tuple[str, str]) -> None:
+                 pending: list[setuphooks.Produced]) -> None:
         self.ctx = ctx
         self.conn = conn
         self.rid = rid
@@ -964,19 +1043,6 @@ class Runner:
                              os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         faulthandler.enable(file=self.fault, all_threads=True)
         faulthandler.register(signal.SIGUSR1, file=self.fault, all_threads=True, chain=False)
-        out, err = self.pending
-        if out or err:
-            # Output of the zygote's fixture setup for these tests: into this process's
-            # capture, so it shows as captured setup output like in a plain run.
-            capman = ctx.session.config.pluginmanager.getplugin("capturemanager")
-            if capman is not None:
-                capman.resume_global_capture()
-            sys.stdout.write(out)
-            sys.stderr.write(err)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            if capman is not None:
-                capman.suspend_global_capture()
         ctx.forwarder.sock, ctx.forwarder.fault = self.conn, self.fault
         self.run_batch(tests, final)
         if not persistent:
@@ -1019,11 +1085,22 @@ class Runner:
         last = _ScopeEnd(end) if end else None
         fw.gate = tests[-1] if final else -1
         fw.last, fw.before_last_teardown = tests[-1], lambda item: self.adopt_finalizers(item, end)
+        for produced in self.pending:
+            if produced.test not in tests:
+                # For a test this long-lived process was not given (yet): its first
+                # test here gets it rather than nobody.
+                produced.test = tests[0]
         for k, index in enumerate(tests):
             item = items[index]
             nextitem = items[tests[k + 1]] if k + 1 < len(tests) else last
             fw.send({"t": "start", "test": index})  # with the previous test's done
             fw.test = index
+            for produced in setuphooks.take_for(self.pending, [index]) if self.pending else ():
+                # What its zygote's fixture setup produced is this test's setup's.
+                for data in produced.warnings:
+                    fw.send({"t": "warning", "test": index, "data": data}, flush=False)
+                setuphooks.add_to_setup_report(item, produced.sections)
+                fw.merge_setup = index
             cpu = time.process_time()
             try:
                 item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
@@ -1061,6 +1138,10 @@ class Runner:
         moved = take_added_finalizers(stack, {n: c for n, c in self.base_fins.items() if n in keep})
         if moved and item in stack:
             stack[item][0][:0] = reversed(moved)
+
+
+def _produced(job: dict[str, Any]) -> list[setuphooks.Produced]:
+    return [setuphooks.Produced.from_frame(p) for p in job["produced"]]
 
 
 def _abort_frame(index: int, reason: str, code: int | None, interrupt: bool) -> dict[str, Any]:
