@@ -196,13 +196,27 @@ def read_timeline(log: Path) -> dict[str, dict[str, list[float]]]:
 def test_one_call_at_a_time_while_the_next_test_is_set_up(pytester: pytest.Pytester) -> None:
     """Stress mode with one worker: test bodies never overlap (each test's threads have
     the cores), but the next test's process is forked and set up meanwhile."""
-    log = timeline_suite(pytester, """
+    log = timeline_suite(pytester, f"""
         @pytest.fixture(autouse=True)
         def setup_mark(request):
             mark(request, "setup")
+        def next_test_set_up():
+            # Until one more test is set up than have started their bodies (the last
+            # waits for nothing); bounded, so that a tach that does not prepare the
+            # next test fails below instead of hanging.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                events = [json.loads(line) for line in open({str(pytester.path / "log.jsonl")!r})]
+                called = {{t for t, what, _ in events if what == "call"}}
+                set_up = {{t for t, what, _ in events if what == "setup"}}
+                if len(called) == 5 or len(set_up) > len(called):
+                    return
+                time.sleep(0.01)
         @pytest.mark.parametrize("i", range(5))
         def test_body(i, request):
-            timed_call(request, 0.2)
+            mark(request, "call")
+            next_test_set_up()
+            mark(request, "called")
     """)
     r, outcomes = run(pytester, "--tach-threads", "2", "--tach-workers", "1")
     assert list(outcomes.values()) == ["passed"] * 5, r.stdout.str()
@@ -212,7 +226,7 @@ def test_one_call_at_a_time_while_the_next_test_is_set_up(pytester: pytest.Pytes
     for (_, end, _), (start, _, _) in zip(calls, calls[1:]):
         assert start >= end, "two tests ran their bodies at once"
     prepared = sum(setup < end for (_, end, _), (_, _, setup) in zip(calls, calls[1:]))
-    assert prepared >= 3, f"the next test was set up during the body in only {prepared} of 4"
+    assert prepared == 4, f"the next test was set up during the body in only {prepared} of 4"
 
 
 def test_the_call_turn_passes_on_at_teardown_and_waiting_for_it_is_not_timed(
@@ -221,12 +235,24 @@ def test_the_call_turn_passes_on_at_teardown_and_waiting_for_it_is_not_timed(
     keeps it until it is done. The wait for a turn is no part of a test's call duration
     (it was: --durations, junit times and the duration history tach schedules by showed
     the time spent waiting for the previous test)."""
-    log = timeline_suite(pytester, """
+    log = timeline_suite(pytester, f"""
+        def next_call_started(i):
+            # Until test_body[i + 1] starts its body; bounded, so that a tach whose next
+            # call waits for this teardown fails below instead of hanging.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with open({str(pytester.path / "log.jsonl")!r}) as f:
+                    if any(json.loads(line)[:2] == [f"test_body[{{i + 1}}]", "call"] for line in f):
+                        return
+                time.sleep(0.01)
         @pytest.fixture(autouse=True)
-        def slow_teardown(request):
+        def slow_teardown(request, i):
             yield
             mark(request, "teardown")
-            time.sleep(0.5)
+            if i == 1:
+                time.sleep(2.0)  # it holds the turn: the next call waits this long
+            elif i < 3:
+                next_call_started(i)
             mark(request, "torndown")
         @pytest.mark.parametrize("i", range(4))
         def test_body(i, request):
@@ -246,7 +272,8 @@ def test_the_call_turn_passes_on_at_teardown_and_waiting_for_it_is_not_timed(
             assert start < torn, f"{nxt} waited for {prev}'s teardown"
     calls = [float(line.split()[0][:-1]) for line in r.stdout.lines if line.split()[1:2] == ["call"]]
     assert len(calls) == 4, r.stdout.str()
-    assert max(calls) < 0.45, f"call durations include the wait for a turn: {calls}"
+    # test_body[2] waited 2 s for the turn: a duration that counted it would be > 2.2.
+    assert max(calls) < 1.2, f"call durations include the wait for a turn: {calls}"
 
 
 def test_a_plugin_that_reruns_failed_tests_gets_the_turn_again(pytester: pytest.Pytester) -> None:
