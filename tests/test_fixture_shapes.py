@@ -567,8 +567,9 @@ def test_a_django_project_with_a_file_database_and_a_live_server(pytester: pytes
 
 def counted_database(pytester: pytest.Pytester, more_fixtures: str) -> Callable[..., int]:
     """A conftest with a session fixture `database` (3) that appends a line to a file at
-    each setup, and `more_fixtures`; returns count(passed, *args): run pytest with args,
-    check that `passed` tests passed, return how many times `database` was set up."""
+    each setup, and `more_fixtures`; returns count(passed, *args, **outcomes): run pytest
+    with args, check that `passed` tests passed (and the other outcomes), return how
+    many times `database` was set up."""
     setups = pytester.path / "setups.txt"
     pytester.makeconftest(textwrap.dedent(f"""
         import pytest
@@ -580,10 +581,10 @@ def counted_database(pytester: pytest.Pytester, more_fixtures: str) -> Callable[
             return 3
     """) + textwrap.dedent(more_fixtures))
 
-    def count(passed: int, *args: str) -> int:
+    def count(passed: int, *args: str, **outcomes: int) -> int:
         setups.unlink(missing_ok=True)
         result = pytester.runpytest_subprocess(*args, timeout=120)
-        result.assert_outcomes(passed=passed)
+        result.assert_outcomes(passed=passed, **outcomes)
         return len(setups.read_text().splitlines())
 
     return count
@@ -780,3 +781,17 @@ def test_zygote_setup_runs_inside_the_first_tests_setup_hooks(pytester: pytest.P
     summary = _warnings_summary(expected_run)
     assert summary[0] == "test_a.py::test_1_first"
     assert _warnings_summary(result) == summary
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_reused_test_process_forked_before_a_fixture_was_set_up_takes_no_test_that_needs_it(
+        pytester: pytest.Pytester, workers: str) -> None:
+    """A reusable test process is restored to the moment it was forked: one forked
+    before its zygote set a fixture up (here for the first test, which a skip mark ends
+    before its fixtures, so nothing was set up for it) lacked the fixture, took later
+    tests, and set it up again for each of them."""
+    count = counted_database(pytester, "")
+    pytester.makepyfile(test_m="import pytest\n\n@pytest.mark.skip\ndef test_skipped(database):\n    pass\n\n"
+                        + "".join(f"def test_{i}(database):\n    assert database == 3\n\n" for i in range(8)))
+    assert count(8, "-p", "tach", "--tach-isolate", "test", "--tach-workers", workers, "-p", "no:cacheprovider",
+                 skipped=1) == 1

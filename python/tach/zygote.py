@@ -115,6 +115,8 @@ class Reusable:
     ctl: socket.socket
     state: str = "busy"
     job: dict[str, Any] | None = None
+    #: forked before fixtures it lacks were set up here: takes no more tests
+    stale: bool = False
 
 
 class _ScopeEnd:
@@ -561,7 +563,8 @@ class Zygote:
 
     # -- commands -----------------------------------------------------------------
     def spawn(self, child: int, tests: list[int], final: bool) -> None:
-        self.setup_fixtures(tests)
+        if self.setup_fixtures(tests):
+            self.retire_reusable()
         stack = list(self.ctx.session._setupstate.stack)
         base = self.teardown_base if final else stack
         pid = self._fork_or_fail("zygote", child)
@@ -594,8 +597,8 @@ class Zygote:
         if not self.ctx.reset or persistent:
             self.fork_runner(job)
             return
-        if did_setup:  # processes forked before lack what was just set up
-            self.release_idle()
+        if did_setup:
+            self.retire_reusable()
         self.offer(job, left)
         if self.direct_left <= 0:
             self.release_idle()  # no test left for them
@@ -648,7 +651,7 @@ class Zygote:
         snapshot; else fork a process for this test alone."""
         for wanted in ("idle", "restoring", "finishing"):
             for w in self.reusable.values():
-                if w.state == wanted and w.job is None:
+                if w.state == wanted and w.job is None and not w.stale:
                     try:
                         frames.send(w.ctl, job)
                     except OSError:
@@ -675,6 +678,14 @@ class Zygote:
         for w in list(self.ctl_fds.values()):
             while self.on_ctl(w):
                 pass
+
+    def retire_reusable(self) -> None:
+        """New fixtures were set up here: the reusable processes forked before lack them
+        (a restore takes a process back to its fork), and would set them up again for
+        each test. Release the idle ones now, the others when their test is done."""
+        for w in self.reusable.values():
+            w.stale = True
+        self.release_idle()
 
     def release_idle(self) -> None:
         """Release every reusable process not running a test and not holding one offered
@@ -752,6 +763,8 @@ class Zygote:
             self.runners.discard(w.pid)
             self.send({"t": "exited", "pid": w.pid, "status": 0, "maxrss": int(msg["maxrss"]),
                        "utime": float(msg["utime"]), "stime": float(msg["stime"])})
+            if w.stale and w.job is None:
+                self.release(w)
             self.after_runner()
         elif t == "ready" and w.state == "restoring":
             w.state = "idle"
