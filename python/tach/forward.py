@@ -88,7 +88,7 @@ class Forwarder:
         --durations, junit times and the durations tach schedules by must not count it
         (they showed 26 ms calls of 10 ms bodies). A test given what its zygote's
         fixture setup produced gets it merged with its own setup sections first."""
-        if call.when == "setup" and self.merge_setup == self.test:
+        if call.when == "setup" and self.merge_setup == self.test >= 0:
             self.merge_setup = -1
             setuphooks.merge_sections(item, "setup")
         if call.when == "call" and self.waited:
