@@ -468,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown projects {sorted(unknown)}")
         projects = [p for p in projects if p.name in args.project]
     wheel = None
+    measured = commit()  # what the wheel is built from (the checkout may move on meanwhile)
     if not args.in_place:
         wheel = build_tach_wheel(args.python, Path(args.cache) / "wheel")
     results = [run_project(p, args, pytest_req, wheel, modes) for p in projects]
@@ -480,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
               "outcomes compared per test id (junitxml classname::name). \"identical\" counts "
               "tests whose outcome matches plain pytest; × is the wall-time ratio to plain pytest "
               "(one run each, so small suites mostly measure startup).\n\n"
-              f"Machine: {machine()}; tach {commit()}; CPython {version}; {', '.join(pytest_req)}.")
+              f"Machine: {machine()}; tach {measured}; CPython {version}; {', '.join(pytest_req)}.")
     report = render(results, modes, header)
     print(report)
     if args.out:
