@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import sys
 import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.machinery import ExtensionFileLoader, ModuleSpec
-from typing import Any, Callable
+from typing import Any
 
 
 def free_threaded_build() -> bool:
@@ -37,8 +38,12 @@ class Event:
 
 
 events: list[Event] = []
+def _startup() -> str:
+    return "startup"
+
+
 #: says what the process is doing now (set by the plugin: collecting, or which test)
-context: Callable[[], str] = lambda: "startup"
+context: Callable[[], str] = _startup
 
 
 class _WatchedLoader(ExtensionFileLoader):

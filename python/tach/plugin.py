@@ -9,15 +9,18 @@ from typing import TYPE_CHECKING
 import pytest
 
 import tach
-from tach import handover, options, xdistcompat
+from tach import handover, options, snapshot, xdistcompat
 
 if TYPE_CHECKING:
-    from tach.engine import RunResult
+    # Named in the StashKeys below (strings): the modules load when a run needs them.
+    from tach.engine import RunResult  # noqa: F401
+    from tach.forward import Forwarder  # noqa: F401
+    from tach.monitor import Lines  # noqa: F401
 
 _SETTINGS = pytest.StashKey[options.Settings]()
-_FORWARDER = pytest.StashKey["object"]()
+_FORWARDER = pytest.StashKey["Forwarder"]()
 _RESULT = pytest.StashKey["RunResult"]()
-_LINES = pytest.StashKey["object"]()
+_LINES = pytest.StashKey["Lines"]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -73,12 +76,7 @@ def _resolve_reset(settings: options.Settings) -> options.Settings:
     """Turn --tach-reset auto into snapshot or fork, as the kernel allows."""
     if settings.reset == "fork" or settings.isolate != "test" or settings.workers == 0:
         return dataclasses.replace(settings, reset="fork")
-    try:
-        from tach import _reset
-
-        why = _reset.probe()
-    except ImportError as e:
-        why = f"tach._reset could not be loaded: {e}"
+    why = snapshot.unavailable()
     if why is None:
         return dataclasses.replace(settings, reset="snapshot")
     if settings.reset == "snapshot":
@@ -87,7 +85,7 @@ def _resolve_reset(settings: options.Settings) -> options.Settings:
 
 
 def _configure_stress(config: pytest.Config, settings: options.Settings) -> None:
-    from tach import stress
+    from tach.stress import plugin as stress
 
     other = config.pluginmanager.has_plugin("run-parallel")
     theirs = str(getattr(config.option, "parallel_threads", "1")) not in ("1", "None")
@@ -102,7 +100,7 @@ def _configure_stress(config: pytest.Config, settings: options.Settings) -> None
                                  settings.skip_thread_unsafe, settings.require_gil_disabled)
     config.pluginmanager.register(plugin, "tach-stress")
     if not other:  # its fixtures have the same names and meaning
-        from tach import stressfixtures
+        from tach.stress import fixtures as stressfixtures
 
         config.pluginmanager.register(stressfixtures, "tach-stress-fixtures")
 
@@ -158,7 +156,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     # As pytest's own loop: collection errors stop the run before any test.
     if session.testsfailed and not config.option.continue_on_collection_errors:
         raise session.Interrupted(
-            "%d error%s during collection" % (session.testsfailed, "s" if session.testsfailed != 1 else ""))
+            f"{session.testsfailed} error{'s' if session.testsfailed != 1 else ''} during collection")
     from tach import engine
 
     config.stash[_RESULT] = engine.run(session, config.stash[_SETTINGS], config.stash[_FORWARDER])
@@ -185,7 +183,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     order = {item.nodeid: i for i, item in enumerate(session.items)}
     for reports in tr.stats.values():
         if isinstance(reports, list):
-            reports.sort(key=lambda r: order.get(getattr(r, "nodeid", None), -1))
+            reports.sort(key=lambda r: order.get(str(getattr(r, "nodeid", "")), -1))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -7,8 +7,8 @@ warnings are context-aware), ``unittest.mock``, ``gc.collect``, ``ctypes`` on a
 free-threaded build, a function listed in ``thread_unsafe_functions``, or sets
 ``__thread_safe__ = False``. The same rules as pytest-run-parallel's, reimplemented.
 
-The analysis runs in the runner, only for tests that are about to run in threads, so it
-costs collection nothing.
+The analysis runs once per test in the main process before the first fork, and only when
+stress mode is on (``StressPlugin.prepare``): test processes inherit the answers.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
-import sysconfig
+import sys
 import textwrap
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+from tach import gil
 
 _BUILTIN_UNSAFE_FIXTURES = frozenset({"capsys", "capteesys", "capsysbinary", "capfd",
                                       "capfdbinary", "monkeypatch"})
@@ -38,16 +40,21 @@ class Config:
     warnings_safe: bool
 
 
-def make_config(config: pytest.Config) -> Config:
-    from tach.stress import warnings_are_thread_safe
+def warnings_are_thread_safe() -> bool:
+    """Python 3.14 can make warnings context-aware (per thread): then catching them in
+    one thread does not disturb the others."""
+    return bool(getattr(sys.flags, "context_aware_warnings", 0)
+                and getattr(sys.flags, "thread_inherit_context", 0))
 
+
+def make_config(config: pytest.Config) -> Config:
     safe_warnings = warnings_are_thread_safe()
     fixtures = set(_BUILTIN_UNSAFE_FIXTURES) | set(_ini(config, "thread_unsafe_fixtures"))
     if not safe_warnings:
         fixtures.add("recwarn")
     return Config(fixtures=frozenset(fixtures),
                   functions=frozenset(_ini(config, "thread_unsafe_functions")),
-                  free_threaded=bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+                  free_threaded=gil.free_threaded_build(),
                   warnings_safe=safe_warnings)
 
 
@@ -94,7 +101,7 @@ def _scan(fn: Any, cfg: Config, level: int) -> str | None:
                 if (isinstance(target, ast.Name) and target.id == "__thread_safe__"
                         and isinstance(node.value, ast.Constant) and not node.value.value):
                     return f"{_name(fn)} sets __thread_safe__ = False"
-        targets: list[ast.AST] = []
+        targets: list[ast.expr] = []
         if isinstance(node, ast.Call):
             targets.append(node.func)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
