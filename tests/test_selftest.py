@@ -8,8 +8,7 @@ import sys
 
 from conftest import FREE_THREADED, run_python
 
-FEATURES = {"fork", "pidfd_open", "process_vm_readv", "userfaultfd", "dev_userfaultfd",
-            "uffd_wp_async", "pagemap_scan"}
+FEATURES = {"fork", "pidfd_open", "process_vm_readv", "snapshot_reset"}
 
 
 def test_json_report_has_every_field() -> None:

@@ -2,6 +2,9 @@
 // MISSING (the kernel does not have it) or DENIED (it exists but this process may not
 // use it), with the reason. Probes act for real: a feature is OK only when the call
 // worked on a live target, not because a header or a version number says it should.
+// Snapshot/restore is not probed here: the restore extension probes it itself
+// (tach._reset.probe, reported by tach.snapshot), so that `tach self-test` and
+// `--tach-reset auto` ask the same question the same way.
 package sysinfo
 
 import (
@@ -45,7 +48,6 @@ type Report struct {
 func Probe() Report {
 	r := Report{GoVersion: runtime.Version(), Kernel: kernelRelease(), CPUs: UsableCPUs()}
 	r.Features = append(r.Features, probeChild()...)
-	r.Features = append(r.Features, probeUserfaultfd()...)
 	return r
 }
 
@@ -94,7 +96,7 @@ func probeChild() []Feature {
 	const (
 		forkPurpose  = "zygotes fork every test process"
 		pidfdPurpose = "race-free waiting on and killing test processes"
-		vmPurpose    = "reading a crashed or hung test's memory (later: snapshot/restore)"
+		vmPurpose    = "reading a crashed or hung test's memory"
 	)
 	r, w, err := os.Pipe()
 	if err != nil {

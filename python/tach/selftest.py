@@ -10,20 +10,10 @@ from __future__ import annotations
 import json
 import platform
 import sys
-import sysconfig
 from typing import Any
 
 import tach
-
-
-def gil_enabled() -> bool:
-    """Whether the GIL is enabled right now (always True before CPython 3.13)."""
-    fn = getattr(sys, "_is_gil_enabled", None)
-    return True if fn is None else bool(fn())
-
-
-def free_threaded_build() -> bool:
-    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+from tach import gil, snapshot
 
 
 def gather() -> dict[str, Any]:
@@ -38,8 +28,8 @@ def gather() -> dict[str, Any]:
             "version": platform.python_version(),
             "implementation": sys.implementation.name,
             "executable": sys.executable,
-            "free_threaded_build": free_threaded_build(),
-            "gil_enabled": gil_enabled(),
+            "free_threaded_build": gil.free_threaded_build(),
+            "gil_enabled": gil.gil_enabled(),
         },
         "pytest_version": pytest.__version__,
         "go_version": None,
@@ -58,8 +48,9 @@ def gather() -> dict[str, Any]:
         report["kernel"] = probe["kernel"]
         report["cpus"] = probe["cpus"]
         report["features"] = probe["features"]
+    report["features"].append(snapshot.feature())
     # Measured after loading the extension: that is the state tach runs in.
-    report["python"]["gil_enabled"] = gil_enabled()
+    report["python"]["gil_enabled"] = gil.gil_enabled()
     missing = [f["name"] for f in report["features"] if f["required"] and f["status"] != "OK"]
     if report["python"]["free_threaded_build"] and report["python"]["gil_enabled"]:
         report["errors"].append(
