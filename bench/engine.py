@@ -96,7 +96,7 @@ NEEDS = {"xdist -n 2": "xdist", "forked": "pytest_forked"}
 
 # Runs that would take over 10 minutes are not made; the table says why.
 # pytest-forked forks every test from the main process with nextitem=None, so a session
-# fixture is set up and torn down in every test (DESIGN.md: 1 s x 400 = 404 s a run).
+# fixture is set up and torn down in every test (docs/design.md: 1 s x 400 = ~404 s a run).
 SKIP = {("1 s session fixture + 400 tests", "forked"):
         "skipped: over 10 min (~400 s a run: the 1 s session fixture runs in every test)"}
 

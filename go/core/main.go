@@ -8,7 +8,7 @@
 //
 // This module must only ever be imported in tach's main process, after the root zygote
 // has been forked: a process with the Go runtime has extra threads, and Go cannot run in
-// a forked child (see DESIGN.md, rule 1).
+// a forked child (docs/design.md, rule 1).
 package main
 
 /*

@@ -1,7 +1,7 @@
 """The one place that imports the Go extension ``tach._core`` and decodes its answers.
 
 The extension starts the Go runtime (and its threads) when imported, so it must only be
-imported in tach's main process after the root zygote has been forked (DESIGN.md, rule
+imported in tach's main process after the root zygote has been forked (docs/design.md, rule
 1). Importing it lazily, through :func:`core`, keeps ``import tach`` from doing so.
 """
 
@@ -55,14 +55,17 @@ def _unpack(data: bytes) -> Any:
 
 def version() -> dict[str, Any]:
     """{'tach': ..., 'go': 'go1.x', 'abi': N} from the extension."""
-    return _unpack(core().version())
+    info: dict[str, Any] = _unpack(core().version())
+    return info
 
 
 def probe() -> dict[str, Any]:
     """Kernel release, usable CPUs and the kernel-feature probes (go/sysinfo)."""
-    return _unpack(core().probe())
+    report: dict[str, Any] = _unpack(core().probe())
+    return report
 
 
 def frames(stream: bytes) -> list[Any]:
     """Split and validate a stream of length-prefixed msgpack frames in Go."""
-    return _unpack(core().frames(stream))
+    decoded: list[Any] = _unpack(core().frames(stream))
+    return decoded
