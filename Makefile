@@ -3,8 +3,9 @@
 # $(TACH_CACHE) and Go's own caches, and is reused when present.
 #
 #   make demo        set up and run tach on the bundled example suite
-#   make test        everything CI runs: Go checks + pytest on this CPython, on every other
-#                    CPython pyenv has (3.10, 3.12, 3.13 here) and on 3.13t
+#   make test        everything CI runs: Go checks, lint, pytest on this CPython, on every
+#                    other CPython pyenv has (3.10, 3.12, 3.13 here) and on 3.13t
+#   make lint        ruff on the Python code, mypy --strict on the package (pyproject.toml)
 #   make python-ft   build (or reuse) the free-threaded CPython
 #   make dev         editable install into the env of $(PYTHON)
 #   make ext         rebuild the Go extension in place (after `make dev`)
@@ -28,9 +29,9 @@ MORE_PYTHONS ?= $(sort $(wildcard $(PYENV_ROOT)/versions/3.1[0-9].*/bin/python3)
 export GOTOOLCHAIN := local
 export TACH_CACHE
 
-.PHONY: test go-check py-test py-test-more py-test-ft python-ft demo dev ext bench parity clean
+.PHONY: test go-check lint py-test py-test-more py-test-ft python-ft demo dev ext bench parity clean
 
-test: go-check py-test py-test-more py-test-ft
+test: go-check lint py-test py-test-more py-test-ft
 	@echo "make test: all checks passed"
 
 go-check:
@@ -39,6 +40,12 @@ go-check:
 	inc=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
 	export CGO_CFLAGS="-I$$inc"; \
 	$(GO) vet ./... && $(GO) test -race ./...
+
+lint:
+	py=$$(build/venv.sh $(PYTHON)); \
+	tools=$$(dirname "$$(build/venv.sh $(PYTHON) "" build/lint/requirements.txt)"); \
+	$$tools/ruff check python tests bench build examples; \
+	$$tools/mypy --python-executable "$$py"
 
 py-test:
 	py=$$(build/venv.sh $(PYTHON)); \

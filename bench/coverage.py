@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import commit, machine, run_once  # noqa: E402 - the bench directory is not a package
+from engine import commit, machine, run_once  # after the path insert: bench/ is not a package
 
 PACKAGE = '''\
 def small(n):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -223,9 +224,9 @@ def test_one_call_at_a_time_while_the_next_test_is_set_up(pytester: pytest.Pytes
     events = read_timeline(log)
     calls = sorted((min(e["call"]), max(e["called"]), min(e["setup"])) for e in events.values())
     assert len(calls) == 5
-    for (_, end, _), (start, _, _) in zip(calls, calls[1:]):
+    for (_, end, _), (start, _, _) in pairwise(calls):
         assert start >= end, "two tests ran their bodies at once"
-    prepared = sum(setup < end for (_, end, _), (_, _, setup) in zip(calls, calls[1:]))
+    prepared = sum(setup < end for (_, end, _), (_, _, setup) in pairwise(calls))
     assert prepared == 4, f"the next test was set up during the body in only {prepared} of 4"
 
 
@@ -264,7 +265,7 @@ def test_the_call_turn_passes_on_at_teardown_and_waiting_for_it_is_not_timed(
     assert list(outcomes.values()) == ["passed", "failed", "passed", "passed"], r.stdout.str()
     events = read_timeline(log)
     order = [f"test_body[{i}]" for i in range(4)]
-    for prev, nxt in zip(order, order[1:]):
+    for prev, nxt in pairwise(order):
         start, torn = min(events[nxt]["call"]), max(events[prev]["torndown"])
         if prev == "test_body[1]":
             assert start >= torn, "the next call started while a failed test still held the turn"
@@ -337,7 +338,7 @@ def test_a_plugin_that_reruns_failed_tests_gets_the_turn_again(pytester: pytest.
     # next test's call, once it gave the turn on.
     calls = sorted((min(e["call"][k:k + 2]), max(e["called"][k:k + 2]), t)
                    for t, e in events.items() for k in range(0, len(e["call"]), 2))
-    for (_, end, prev), (start, _, nxt) in zip(calls, calls[1:]):
+    for (_, end, prev), (start, _, nxt) in pairwise(calls):
         assert end <= start, f"{nxt} called while {prev} was"
 
 

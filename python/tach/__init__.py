@@ -7,7 +7,7 @@ Activate it per run with ``pytest -p tach``; installing the package does not tur
 
 __version__ = "0.1.0"
 
-from tach.plugin import (  # noqa: E402 - after __version__, which plugin.py reads
+from tach.plugin import (  # after __version__, which plugin.py reads
     pytest_addhooks,
     pytest_addoption,
     pytest_configure,

@@ -27,8 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         from tach import selftest
 
         return selftest.main(as_json=args.json)
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    parser.error(f"unknown command {args.command!r}")  # exits 2
 
 
 def _run() -> None:

@@ -12,6 +12,7 @@ monitor.py).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -57,13 +58,13 @@ class Attribution:
             if not defs:
                 continue
             indices = getattr(getattr(item, "callspec", None), "indices", {})
-            for name in item.fixturenames:
+            for name in getattr(item, "fixturenames", []):  # a Function's, as defs is
                 fds = defs.get(name)
                 if not fds or fds[-1].scope == "function":
                     continue
-                node = _scope_node(item, fds[-1])
-                if node is not None:
-                    self.first_fixture.setdefault((id(fds[-1]), node.nodeid, indices.get(name, 0)), i)
+                scope_node = _scope_node(item, fds[-1])
+                if scope_node is not None:
+                    self.first_fixture.setdefault((id(fds[-1]), scope_node.nodeid, indices.get(name, 0)), i)
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Any:
@@ -115,5 +116,5 @@ class Attribution:
                     continue
                 last = self.last_under.get(node)
                 target = self.items[last] if last is not None else item
-                finalizers.append(lambda target=target: self.switch(target, "teardown"))
+                finalizers.append(functools.partial(self.switch, target, "teardown"))
         yield

@@ -26,7 +26,7 @@ import gc
 import os
 import sys
 import types
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -67,17 +67,17 @@ class Recorder:
         old, self.context = self.context, context
         return old
 
-    def add_lines(self, line_data: dict[str, Iterable[int]]) -> None:
+    def add_lines(self, line_data: Mapping[str, Collection[int]]) -> None:
         files = self.lines.setdefault(self.context, {})
         for name, lines in line_data.items():
             files.setdefault(name, set()).update(lines)
 
-    def add_arcs(self, arc_data: dict[str, Iterable[tuple[int, int]]]) -> None:
+    def add_arcs(self, arc_data: Mapping[str, Collection[tuple[int, int]]]) -> None:
         files = self.arcs.setdefault(self.context, {})
         for name, arcs in arc_data.items():
             files.setdefault(name, set()).update(arcs)
 
-    def add_file_tracers(self, file_tracers: dict[str, str]) -> None:
+    def add_file_tracers(self, file_tracers: Mapping[str, str]) -> None:
         for name, plugin in file_tracers.items():
             if self.inherited_tracers.get(name) != plugin:
                 self.tracers[name] = plugin
@@ -122,14 +122,14 @@ def _fork_data(rec: Recorder) -> Any:
     written (the main process lists the files that never ran)."""
     from coverage.data import CoverageData
 
-    class ForkData(CoverageData):  # type: ignore[misc]
-        def add_lines(self, line_data: dict[str, Iterable[int]]) -> None:
+    class ForkData(CoverageData):
+        def add_lines(self, line_data: Mapping[str, Collection[int]]) -> None:
             rec.add_lines(line_data)
 
-        def add_arcs(self, arc_data: dict[str, Iterable[tuple[int, int]]]) -> None:
+        def add_arcs(self, arc_data: Mapping[str, Collection[tuple[int, int]]]) -> None:
             rec.add_arcs(arc_data)
 
-        def add_file_tracers(self, file_tracers: dict[str, str]) -> None:
+        def add_file_tracers(self, file_tracers: Mapping[str, str]) -> None:
             rec.add_file_tracers(file_tracers)
 
         def touch_file(self, filename: str, plugin_name: str = "") -> None:
@@ -492,7 +492,7 @@ def _restart_sysmon(collector: Any) -> None:
     the events back on as each phase begins makes each line the phase runs fire once
     more, under its context. One callback per distinct line per phase."""
     if _uses_sysmon(collector):
-        sys.monitoring.restart_events()  # type: ignore[attr-defined,unused-ignore]  # 3.12+
+        sys.monitoring.restart_events()  # type: ignore[attr-defined,unused-ignore]  # 3.12+: absent from older typeshed
 
 
 def _older() -> int:

@@ -24,6 +24,7 @@ import msgpack
 import pytest
 
 from tach import handover, plan, reached, replay, xdistcompat, zygote
+from tach.forward import Forwarder
 from tach.options import Settings
 
 DURATIONS_KEY = "tach/durations"
@@ -47,7 +48,7 @@ class RunResult:
 #: creates its faulthandler dump file there: on ext4 creating (and later deleting) one
 #: file per test cost 0.1-0.4 ms of kernel time each (inode allocation scans past
 #: recently deleted inodes), up to 5% of a trivial isolated test; ~5 us on tmpfs.
-_MEMORY_DIRS = ("/dev/shm",)
+_MEMORY_DIRS = ("/dev/shm",)  # noqa: S108 - mkdtemp makes a 0700 directory in it
 
 
 def _private_dir() -> str:
@@ -70,13 +71,13 @@ def _timeout_for(item: pytest.Item, settings: Settings, honour_marker: bool) -> 
         if m is not None:
             value = m.args[0] if m.args else m.kwargs.get("timeout")
             try:
-                return max(float(value), 0.0)
+                return max(float(value), 0.0)  # type: ignore[arg-type] # None: TypeError
             except (TypeError, ValueError):
                 pass
     return settings.timeout
 
 
-def run(session: pytest.Session, settings: Settings, forwarder: zygote.Forwarder) -> RunResult:
+def run(session: pytest.Session, settings: Settings, forwarder: Forwarder) -> RunResult:
     """Run session.items through the engine. Raises KeyboardInterrupt on Ctrl-C/SIGTERM."""
     config = session.config
     items = list(session.items)

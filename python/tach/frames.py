@@ -18,7 +18,7 @@ MAX_FRAME = 16 << 20  # go/wire.DefaultMaxFrame
 
 
 def encode(msg: dict[str, Any]) -> bytes:
-    payload = msgpack.packb(msg, use_bin_type=True, default=_fallback)
+    payload: bytes = msgpack.packb(msg, use_bin_type=True, default=_fallback)
     if len(payload) > MAX_FRAME:
         raise ValueError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME}-byte cap")
     return _HEADER.pack(len(payload)) + payload
@@ -52,7 +52,8 @@ def recv(sock: socket.socket) -> dict[str, Any] | None:
 
 
 def decode(payload: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    msg: dict[str, Any] = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    return msg
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:

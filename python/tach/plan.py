@@ -13,8 +13,9 @@ the session zygote and set their module up themselves.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 from _pytest import nodes
@@ -42,7 +43,7 @@ def _fixturedefs(item: pytest.Item) -> dict[str, Any] | None:
     info = getattr(item, "_fixtureinfo", None)
     if info is None or not hasattr(item, "_request"):
         return None  # doctests and custom items set up their own fixtures in the test process
-    return info.name2fixturedefs
+    return dict(info.name2fixturedefs)
 
 
 def _scope_node(item: pytest.Item, fixturedef: Any) -> nodes.Node | None:
@@ -54,7 +55,7 @@ def _scope_node(item: pytest.Item, fixturedef: Any) -> nodes.Node | None:
             from _pytest.fixtures import get_scope_package
 
             pkg = get_scope_package(item, fixturedef)
-        except Exception:
+        except Exception:  # noqa: BLE001 - private API, changed across pytest versions: no package
             pkg = None
         return pkg if pkg is not None else item.session
     if scope == "module":
@@ -83,8 +84,8 @@ def _lookup(item: pytest.Item, name: str) -> Sequence[Any] | None:
         return None
     try:
         if pytest.version_tuple >= (8, 1):
-            return fm.getfixturedefs(name, item)  # type: ignore[no-any-return]
-        return fm.getfixturedefs(name, item.parent.nodeid if item.parent else "")  # type: ignore[no-any-return]
+            return fm.getfixturedefs(name, item)  # type: ignore[no-any-return] # pytest >= 8.1's signature
+        return fm.getfixturedefs(name, item.parent.nodeid if item.parent else "")  # type: ignore[no-any-return] # older one
     except Exception:  # noqa: BLE001 - a name that does not resolve is not set up
         return None
 
@@ -120,7 +121,8 @@ def chain(item: pytest.Item, reached: Sequence[str] = (), resolved: dict[str, An
         defs = resolved if resolved is not None else resolve(item, reached)
     by_node: dict[nodes.Node, list[str]] = {}
     if defs:
-        for name in [*item.fixturenames, *(n for n in reached if n not in item.fixturenames)]:
+        used: list[str] = getattr(item, "fixturenames", [])  # a Function's, as defs is
+        for name in [*used, *(n for n in reached if n not in used)]:
             fds = defs.get(name)
             if not fds:
                 continue  # "request" and other pseudo-fixtures
@@ -137,6 +139,7 @@ def chain(item: pytest.Item, reached: Sequence[str] = (), resolved: dict[str, An
                 node = session
             by_node.setdefault(node, []).append(name)
     callspec = getattr(item, "callspec", None)
+    indices: dict[str, int] = callspec.indices if callspec is not None else {}
     levels: list[Level] = []
     pushed_upto = 0
     for depth, node in enumerate(chain_nodes[:-1]):
@@ -146,7 +149,7 @@ def chain(item: pytest.Item, reached: Sequence[str] = (), resolved: dict[str, An
         names = names or []
         push = list(chain_nodes[pushed_upto:depth + 1])
         pushed_upto = depth + 1
-        params = sorted(n for n in names if callspec is not None and n in callspec.indices)
+        params = sorted(n for n in names if n in indices)
         base_key = "session" if node is session else f"{type(node).__name__}:{node.nodeid}"
         scope = ("session" if node is session else "class" if isinstance(node, pytest.Class)
                  else "module" if isinstance(node, pytest.Module) else "package")
@@ -158,7 +161,7 @@ def chain(item: pytest.Item, reached: Sequence[str] = (), resolved: dict[str, An
         dependent = [n for n in names if depends_on(n, targets, defs or {}, set())]
         base = [n for n in names if n not in dependent]
         levels.append(Level(parent_key + base_key, push, base, scope=scope))
-        pkey = ",".join(f"{n}={callspec.indices[n]}" for n in params)
+        pkey = ",".join(f"{n}={indices[n]}" for n in params)
         levels.append(Level(f"{levels[-1].key}[{pkey}]", [], dependent, parametrized=True, scope=scope))
     return levels
 
@@ -195,14 +198,14 @@ def batch_keys(items: Sequence[pytest.Item], isolate: str, workers: int) -> list
     chunk = max(MIN_CHUNK, -(-len(items) // (CHUNKS_PER_WORKER * workers)))
     classes = [item.getparent(pytest.Class) for item in items]
     sizes: dict[Any, int] = {}  # tests per module key and per class node
-    for k, cls in zip(keys, classes):
+    for k, cls in zip(keys, classes, strict=True):
         sizes[k] = sizes.get(k, 0) + 1
         if cls is not None:
             sizes[cls] = sizes.get(cls, 0) + 1
     out: list[str] = []
     # module -> (chunk number, tests in that chunk so far, class of the last test)
     state: dict[str, tuple[int, int, Any]] = {}
-    for k, cls in zip(keys, classes):
+    for k, cls in zip(keys, classes, strict=True):
         if sizes[k] <= chunk:
             out.append(k)
             continue

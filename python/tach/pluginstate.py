@@ -84,7 +84,7 @@ class Benchmark:
     @property
     def session(self) -> Any:
         """pytest-benchmark's BenchmarkSession (made in its trylast pytest_configure)."""
-        return self.config._benchmarksession  # type: ignore[attr-defined]
+        return self.config._benchmarksession  # type: ignore[attr-defined] # set by pytest-benchmark
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.index = {item.nodeid: i for i, item in enumerate(session.items)}
@@ -162,7 +162,7 @@ class Syrupy:
 
     @property
     def session(self) -> Any:
-        return self.config._syrupy  # type: ignore[attr-defined]
+        return self.config._syrupy  # type: ignore[attr-defined] # set by syrupy
 
     def pytest_tach_forked(self, config: pytest.Config, role: str) -> None:
         from syrupy.utils import set_snapshot_file_lock
@@ -313,7 +313,7 @@ def register(config: pytest.Config) -> None:
     try:
         from _pytest import subtests
     except ImportError:  # pytest < 9
-        subtests = None  # type: ignore[assignment]
+        subtests = None  # type: ignore[assignment] # checked below
     key = getattr(subtests, "failed_subtests_key", None)
     if key is not None and config.stash.get(key, None) is not None:
         pm.register(Subtests(key), "tach-subtests")

@@ -39,7 +39,7 @@ def serialize_warning(wm: warnings.WarningMessage) -> dict[str, Any]:
     cat = wm.category
     data["category_module"] = cat.__module__ if cat else None
     data["category_class_name"] = cat.__name__ if cat else None
-    for attr in wm._WARNING_DETAILS:  # type: ignore[attr-defined]
+    for attr in wm._WARNING_DETAILS:  # type: ignore[attr-defined] # private, stable since 3.0
         if attr in ("message", "category"):
             continue
         value = getattr(wm, attr, None)
@@ -73,7 +73,7 @@ def unserialize_warning(data: dict[str, Any]) -> warnings.WarningMessage:
         message = cls(text) if cls is not None else text
     category = _loaded_class(data.get("category_module"), data.get("category_class_name"))
     kwargs = {"message": message, "category": category or UserWarning}
-    for attr in warnings.WarningMessage._WARNING_DETAILS:  # type: ignore[attr-defined]
+    for attr in warnings.WarningMessage._WARNING_DETAILS:  # type: ignore[attr-defined] # as above
         if attr not in ("message", "category"):
             kwargs[attr] = data.get(attr)
     return warnings.WarningMessage(**kwargs)
@@ -195,7 +195,7 @@ def replay(config: pytest.Config, item: pytest.Item, ev: dict[str, Any], fault_d
         rep = pytest.TestReport(
             nodeid=item.nodeid, location=location,
             keywords={k: 1 for k in item.keywords}, outcome="failed",
-            longrepr=crash_text(item, ev, fault_dir), when=when,  # type: ignore[arg-type]
+            longrepr=crash_text(item, ev, fault_dir), when=when,  # type: ignore[arg-type] # str: as pytest's own
             sections=[], duration=float(ev.get("wall_s", 0.0)), user_properties=[],
         )
         ihook.pytest_runtest_logreport(report=rep)

@@ -20,8 +20,9 @@ internals this needs is in this module.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, cast
+from typing import Any, cast
 
 import pytest
 from _pytest.outcomes import TEST_OUTCOME

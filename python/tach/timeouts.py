@@ -47,7 +47,7 @@ class PytestTimeout:
             timer.cancel()
             timer.join()
 
-        item.cancel_timeout = cancel  # type: ignore[attr-defined]
+        item.cancel_timeout = cancel  # type: ignore[attr-defined] # pytest-timeout's attribute
         timer.start()
         return True
 

@@ -77,6 +77,6 @@ def become_worker(config: pytest.Config, slot: int, count: int, run_id: str) -> 
     worker = f"gw{slot}"
     os.environ["PYTEST_XDIST_WORKER"] = worker
     os.environ["PYTEST_XDIST_WORKER_COUNT"] = str(count)
-    config.workerinput = {  # type: ignore[attr-defined]
+    config.workerinput = {  # type: ignore[attr-defined] # what xdist sets on a worker
         "workerid": worker, "workercount": count, "testrunuid": run_id, "mainargv": list(sys.argv),
     }

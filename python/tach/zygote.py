@@ -34,8 +34,9 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, cast
 
 import pytest
 from _pytest.outcomes import TEST_OUTCOME, Exit
@@ -87,7 +88,8 @@ class Context:
     def fixture_defs(self, index: int) -> dict[str, Any]:
         """What item `index`'s request resolves fixture names to."""
         got = self.reached_defs.get(index)
-        return got if got is not None else self.items[index]._fixtureinfo.name2fixturedefs
+        item = cast(pytest.Function, self.items[index])  # a test with fixtures to set up
+        return got if got is not None else dict(item._fixtureinfo.name2fixturedefs)
 
 
 #: A zygote makes a new test process reusable only when it can expect to run at least
@@ -139,7 +141,7 @@ def _freeze() -> None:
     A collection walks (and writes to) the header of every object it examines; after a
     fork that write copies the page. Frozen objects are never examined again, so
     neither the zygote nor its children copy pages because the collector ran. (On the
-    2000-trivial-test benchmark this made no measurable difference, as DESIGN.md found;
+    2000-trivial-test benchmark this made no measurable difference, docs/design.md;
     it bounds the damage of a full collection in a zygote holding large fixtures.)
 
     Called only when a zygote may hold new objects (it started, or set fixtures up):
@@ -348,7 +350,7 @@ class Zygote:
             return
         try:
             self.ctx.session._setupstate.teardown_exact(
-                _ScopeEnd(self.fork_base) if self.fork_base else None)
+                _ScopeEnd(self.fork_base) if self.fork_base else None)  # type: ignore[arg-type] # stand-in
         except BaseException:  # noqa: BLE001 - nothing left to report to but stderr
             sys.stderr.write(f"tach: error tearing down {self.zid} after the run was stopped:\n")
             traceback.print_exc()
@@ -476,7 +478,7 @@ class Zygote:
                 threads, fins = _live_threads(), finalizer_counts(stack)
                 stack[item] = ([], None)
                 try:
-                    item._request.getfixturevalue(name)
+                    cast(pytest.Function, item)._request.getfixturevalue(name)
                 except TEST_OUTCOME:
                     pass  # pytest cached the error: the test's own setup re-raises it
                 finally:
@@ -501,7 +503,7 @@ class Zygote:
         errors = run_added_finalizers(stack, fins)
         # The request remembers what it got (pytest asserts a remembered fixture is
         # still set up): forget what was torn down.
-        known = getattr(item._request, "_fixture_defs", {})
+        known = getattr(cast(pytest.Function, item)._request, "_fixture_defs", {})
         for argname, fixturedef in list(known.items()):
             if fixturedef.cached_result is None:
                 del known[argname]
@@ -633,7 +635,7 @@ class Zygote:
                 r = Runner(self.ctx, rconn, runner, stack, self.teardown_base,
                            self.parametrized_fixtures(tests[0]), _produced(job))
                 r.serve(tests, bool(job["final"]), bool(job["persistent"]), int(job["slot"]))
-            except BaseException:  # noqa: BLE001
+            except BaseException:  # noqa: BLE001 - last resort in a child: say why, then die
                 _report_fatal(self.ctx, f"runner {runner}", runner)
             os._exit(0)
         rconn.close()
@@ -703,7 +705,7 @@ class Zygote:
                 mine.close()
                 self.enter_child("runner", keep=theirs)
                 self.serve_reusable(theirs, job)
-            except BaseException:  # noqa: BLE001
+            except BaseException:  # noqa: BLE001 - last resort in a child: say why, then die
                 _report_fatal(self.ctx, f"runner {runner}", runner)
             os._exit(0)
         theirs.close()
@@ -799,9 +801,10 @@ class Zygote:
         if restores > 0:
             try:
                 frames.send(ctl, {"t": "ready"})
-                job = frames.recv(ctl)
-                if job is None:
+                taken = frames.recv(ctl)
+                if taken is None:
                     os._exit(0)  # released by the zygote
+                job = taken
                 frames.send(ctl, {"t": "took", "runner": job["runner"]})
             except OSError:
                 os._exit(0)  # the zygote is gone
@@ -947,7 +950,7 @@ def _readable(fd: int) -> bool:
 
 def connected_sockets(exclude: set[int]) -> list[str]:
     """This process's connected sockets (fds not in exclude), described."""
-    found = []
+    found: list[str] = []
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:
@@ -992,10 +995,10 @@ def _stack_exc(exc: BaseException) -> Any:
 
     state, raiser = SetupState(), Raiser()
     try:
-        state.setup(raiser)  # type: ignore[arg-type]
-    except BaseException:  # noqa: BLE001 - exc itself
+        state.setup(raiser)  # type: ignore[arg-type] # a stand-in node
+    except BaseException:  # noqa: BLE001, S110 - Raiser raised exc itself: nothing to handle
         pass
-    return state.stack[raiser][1]
+    return state.stack[raiser][1]  # type: ignore[index] # a stand-in node, as above
 
 
 class Runner:
@@ -1045,7 +1048,7 @@ class Runner:
         finish would after an interruption; the zygotes tear down the rest."""
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         try:
-            self.ctx.session._setupstate.teardown_exact(_ScopeEnd(self.stack) if self.stack else None)
+            self.ctx.session._setupstate.teardown_exact(_ScopeEnd(self.stack) if self.stack else None)  # type: ignore[arg-type] # stand-in
         except BaseException:  # noqa: BLE001 - nothing left to report to but stderr
             sys.stderr.write("tach: error tearing down after the run was stopped:\n")
             traceback.print_exc()
@@ -1080,12 +1083,13 @@ class Runner:
         node). Errors have no test left to land on: print them."""
         for finalizers, _ in self.ctx.session._setupstate.stack.values():
             for fin in reversed(list(finalizers)):
-                owner = getattr(getattr(fin, "func", None), "__self__", None)
-                if id(owner) in self.param_fixtures and getattr(fin.func, "__name__", "") == "finish":
+                func = getattr(fin, "func", None)  # partial(fixturedef.finish, ...)
+                owner = getattr(func, "__self__", None)
+                if id(owner) in self.param_fixtures and getattr(func, "__name__", "") == "finish":
                     finalizers.remove(fin)
                     try:
                         fin()
-                    except Exception:  # noqa: BLE001
+                    except Exception:  # noqa: BLE001 - no test left to report it on
                         traceback.print_exc()
 
     def run_batch(self, tests: list[int], final: bool) -> None:
@@ -1125,7 +1129,7 @@ class Runner:
                 if self.stopping:
                     raise  # our own stop signal: serve() tears down
                 self.abort(index, "KeyboardInterrupt", int(pytest.ExitCode.INTERRUPTED), interrupt=True)
-            except BaseException:  # noqa: BLE001 - internal errors
+            except BaseException:
                 os.write(self.fault, traceback.format_exc().encode())
                 raise
             # What plugins gathered during the test (its coverage, say) goes with its
@@ -1208,7 +1212,7 @@ def start_root(ctx: Context, own_group: bool = True) -> int:
                     raise
         return pid
     try:
-        ctx.session.config._tach_session = ctx.session  # type: ignore[attr-defined]
+        ctx.session.config._tach_session = ctx.session  # type: ignore[attr-defined] # tach's own
         if ctx.listen_fd >= 0:
             os.close(ctx.listen_fd)  # the supervisor's end: no test may accept on it
         if own_group:
@@ -1229,7 +1233,7 @@ def start_root(ctx: Context, own_group: bool = True) -> int:
         if tr is not None:
             from _pytest._io import TerminalWriter
 
-            tr._tw = TerminalWriter(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+            tr._tw = TerminalWriter(open(os.devnull, "w"))
             config.pluginmanager.unregister(tr)
             config.pluginmanager.register(_SilentTerminal(tr), "terminalreporter")
         handover.drop_main_only(config)
@@ -1239,6 +1243,6 @@ def start_root(ctx: Context, own_group: bool = True) -> int:
         conn = _connect(ctx.sock_path)
         frames.send(conn, {"t": "hello", "role": "zygote", "id": 0, "pid": os.getpid()})
         Zygote(ctx, conn, 0, 0, []).serve()
-    except BaseException:  # noqa: BLE001
+    except BaseException:  # noqa: BLE001 - last resort in a child: say why, then die
         _report_fatal(ctx, "the root zygote")
     os._exit(0)
