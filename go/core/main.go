@@ -38,16 +38,17 @@ var version = "dev"
 
 // abi is bumped whenever a method's input or output changes incompatibly; the Python
 // side refuses a mismatched extension instead of misreading it.
-const abi = 1
+const abi = 2
 
 // Method numbers; shim.c has the same list.
 const (
-	methodVersion = 0
-	methodProbe   = 1
-	methodFrames  = 2
-	methodStart   = 3
-	methodPoll    = 4
-	methodStop    = 5
+	methodVersion  = 0
+	methodProbe    = 1
+	methodFrames   = 2
+	methodStart    = 3
+	methodPoll     = 4
+	methodStop     = 5
+	methodProtocol = 6
 )
 
 // Status codes returned to the shim.
@@ -73,6 +74,8 @@ func dispatch(method int, in []byte) (any, error) {
 		return pollSupervisor(in)
 	case methodStop:
 		return nil, stopSupervisor(in)
+	case methodProtocol:
+		return supervisor.Protocol(), nil
 	}
 	return nil, valueError{fmt.Errorf("unknown method %d", method)}
 }

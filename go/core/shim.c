@@ -17,7 +17,7 @@
 /* Method numbers: keep in step with main.go. */
 enum {
     METHOD_VERSION = 0, METHOD_PROBE = 1, METHOD_FRAMES = 2,
-    METHOD_START = 3, METHOD_POLL = 4, METHOD_STOP = 5,
+    METHOD_START = 3, METHOD_POLL = 4, METHOD_STOP = 5, METHOD_PROTOCOL = 6,
 };
 
 static PyObject *
@@ -58,6 +58,12 @@ static PyObject *
 core_probe(PyObject *module, PyObject *unused)
 {
     return call_go(METHOD_PROBE, NULL, 0);
+}
+
+static PyObject *
+core_protocol(PyObject *module, PyObject *unused)
+{
+    return call_go(METHOD_PROTOCOL, NULL, 0);
 }
 
 /* A method taking one bytes-like argument (msgpack for the engine methods). */
@@ -104,6 +110,9 @@ static PyMethodDef core_methods[] = {
     {"probe", core_probe, METH_NOARGS,
      "probe() -> bytes\n\nmsgpack map: kernel release, usable CPUs and each kernel feature "
      "tach uses with OK/MISSING/DENIED and why. Starts and reaps a short-lived child."},
+    {"protocol", core_protocol, METH_NOARGS,
+     "protocol() -> bytes\n\nmsgpack map: the frames the supervisor accepts (field kinds), the "
+     "commands it sends and the events it returns (their fields); see go/supervisor/proto.go."},
     {"frames", core_frames, METH_O,
      "frames(stream: bytes) -> bytes\n\nSplit a stream of 4-byte-length-prefixed msgpack "
      "frames with the supervisor's validating decoder; msgpack list of the decoded values, "

@@ -371,9 +371,16 @@ func (s *Supervisor) end(e Event) {
 	s.mu.Unlock()
 }
 
+// queuedHook, when set (by this package's tests, before any run), sees every event
+// queued for Poll: they check each against its declaration in proto.go.
+var queuedHook func(Event)
+
 // queue adds e for Poll and wakes a Poll that waits (under mu). One that does not
 // wait looks at the events first, so no signal is needed then.
 func (s *Supervisor) queue(e Event) {
+	if queuedHook != nil {
+		queuedHook(e)
+	}
 	s.events = append(s.events, e)
 	if len(s.events) == 1 && s.pollers > 0 && s.evFD >= 0 {
 		signal(s.evFD)

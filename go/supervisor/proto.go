@@ -1,6 +1,44 @@
+// The protocol between tach's processes, written down once: the frames zygotes and
+// runners send (schema, validated on every frame), the commands the supervisor sends
+// them (typed structs), and the events Poll returns to the main process (events).
+// python/tach/protocol.py is the Python side; tests/unit/test_protocol.py fails if the
+// two disagree (it reads this side through Protocol, exported by go/core).
+//
+// Channels, each a unix socket in the run's private directory (4-byte big-endian
+// length + one msgpack map with a "t" field; 16 MiB at most):
+//
+//	main process          supervisor (Go, in the main process)
+//	  core.start(config) ---------> |
+//	  core.poll() <---------------- |  test, abort, handover, note, stall ... end
+//	  core.stop(mode) ------------> |  abort: zygotes tear their scopes down; kill
+//
+//	supervisor                    zygote (one connection each, opened after its fork)
+//	     | <------------------- hello {role: zygote}
+//	     | ---- spawn --------> |   fork a child zygote for these tests
+//	     | <------------------- forked {zygote}, then (the child's own) hello, ready
+//	     | ---- run ----------> |   fork (or reuse) a test process for a batch
+//	     | <------------------- forked {runner} ... exited {pid, status}
+//	     | <------------------- serial, per_process, handover, fail, error
+//	     | ---- exit ---------> |   no more work (teardown: the run stopped early)
+//
+//	supervisor                    runner (connection opened by its zygote before the fork)
+//	     | <------------------- hello {role: runner} (or take, on a resting connection)
+//	     | <------------------- start, report*, warning*, handover, done   per test
+//	     | <------------------- await_call / await ........ ---- go -----> |
+//	     | ---- batch --------> |   (a long-lived runner, --tach-isolate none)
+//	     | ---- exit ---------> |
+//	     | <------------------- abort (pytest.exit(), KeyboardInterrupt in a test)
+//	     | <------------------- rest (a reusable process: restored, keeps the connection)
+//
+// The zygote <-> reusable test process exchange is the zygote's own (a socketpair):
+// python/tach/forked/sources.py draws it.
+
 package supervisor
 
 import (
+	"reflect"
+	"strings"
+
 	"github.com/tach-dev/tach/go/wire"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -85,8 +123,95 @@ func asFloat(v any) float64 {
 	return 0
 }
 
+// Commands the supervisor sends. To a zygote: spawn, run, exit; to a runner: batch,
+// exit, go.
+type (
+	// spawnCmd: fork a child zygote (id, for the scope key) for these tests; final:
+	// it is the zygote's last unit, so it tears the zygote's scope down at its end.
+	spawnCmd struct {
+		T     string `msgpack:"t"`
+		ID    int    `msgpack:"id"`
+		Key   string `msgpack:"key"`
+		Tests []int  `msgpack:"tests"`
+		Final bool   `msgpack:"final"`
+	}
+	// runCmd: start runner for a batch of tests; persistent: it stays for later
+	// batches (--tach-isolate none); slot: its worker number (gw<slot>).
+	runCmd struct {
+		T          string `msgpack:"t"`
+		Runner     int    `msgpack:"runner"`
+		Tests      []int  `msgpack:"tests"`
+		Final      bool   `msgpack:"final"`
+		Persistent bool   `msgpack:"persistent"`
+		Slot       int    `msgpack:"slot"`
+	}
+	// batchCmd: a long-lived runner's next batch.
+	batchCmd struct {
+		T     string `msgpack:"t"`
+		Tests []int  `msgpack:"tests"`
+		Final bool   `msgpack:"final"`
+	}
+	// exitCmd: no more work; a zygote with teardown tears its scope down first (the
+	// run stopped before its final unit did).
+	exitCmd struct {
+		T        string `msgpack:"t"`
+		Teardown bool   `msgpack:"teardown,omitempty"`
+	}
+	// goCmd: a waiting runner may go on (through the teardown gate, or into its call).
+	goCmd struct {
+		T string `msgpack:"t"`
+	}
+)
+
+// commands lists every command, for Protocol.
+var commands = []any{
+	spawnCmd{T: "spawn"}, runCmd{T: "run"}, batchCmd{T: "batch"}, exitCmd{T: "exit"}, goCmd{T: "go"},
+}
+
+// events lists the fields each event Poll returns may carry (the test event carries
+// the last ones only for a test process that ended, was timed out, or measured).
+var events = map[string][]string{
+	"test": {"t", "idx", "outcome", "reason", "done", "slot", "runner", "frames", "frame_error", "pid",
+		"status", "status_text", "signal", "exit_code", "maxrss_kb", "cpu_s", "wall_s", "timeout_s"},
+	"abort":    {"t", "test", "reason", "code", "interrupt"},
+	"handover": {"t", "frame"},
+	"note":     {"t", "msg"},
+	"stall":    {"t", "idle_s", "running", "gated", "setting_up", "left"},
+	"end":      {"t", "root_status"},
+}
+
+// Description is the protocol as data (for the test that holds Python to it).
+type Description struct {
+	// Frames: what zygotes and runners send, each field's kind (the schema).
+	Frames map[string]map[string]string `msgpack:"frames"`
+	// Commands: what the supervisor sends them, each command's fields.
+	Commands map[string][]string `msgpack:"commands"`
+	// Events: what Poll returns to the main process, the fields each may carry.
+	Events map[string][]string `msgpack:"events"`
+}
+
+// Protocol describes every frame, command and event.
+func Protocol() Description {
+	d := Description{Frames: map[string]map[string]string{}, Commands: map[string][]string{}, Events: events}
+	for name, fields := range schema {
+		d.Frames[name] = map[string]string{}
+		for f, kind := range fields {
+			d.Frames[name][f] = kind.String()
+		}
+	}
+	for _, c := range commands {
+		v := reflect.ValueOf(c)
+		var fields []string
+		for i := 0; i < v.NumField(); i++ {
+			fields = append(fields, strings.Split(v.Type().Field(i).Tag.Get("msgpack"), ",")[0])
+		}
+		d.Commands[v.Field(0).String()] = fields
+	}
+	return d
+}
+
 // encodeFrame encodes a command as one length-prefixed frame.
-func encodeFrame(m map[string]any) ([]byte, error) {
+func encodeFrame(m any) ([]byte, error) {
 	p, err := msgpack.Marshal(m)
 	if err != nil {
 		return nil, err

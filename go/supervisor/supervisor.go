@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"sync"
 	"time"
 
@@ -79,14 +78,10 @@ type testRun struct {
 	deadline time.Time
 	timedOut bool
 	pausedAt time.Time // waiting at a gate: its deadline does not run
-	// the call gate (Config.CallLimit): waiting for a turn; done with the gate (had its
-	// turn, or ended or reached teardown without one); holds a turn now
-	awaitingCall, turnOver, callHeld bool
-	done                             bool
-	finished                         bool
-	maxrssKB                         int
-	cpu                              float64
-	event                            Event // finished, waiting for earlier tests' (reportOrder)
+	done     bool
+	finished bool
+	maxrssKB int
+	cpu      float64
 }
 
 type runnerProc struct {
@@ -133,11 +128,10 @@ type Supervisor struct {
 	over          bool          // the run has ended: run() returns
 	tests         []*testRun
 	runners       map[int]*runnerProc
-	live          map[int]*runnerProc // runners not ended: what the timers look at
-	waiting       map[int]*runnerProc // runners whose final test waits at the teardown gate
-	callOrder     []*testRun          // with a call limit: tests in dispatch order, for turns
-	reportOrder   []*testRun          // with a call limit: tests in dispatch order, for events
-	calling       int                 // tests holding a call turn
+	live          map[int]*runnerProc             // runners not ended: what the timers look at
+	waiting       map[int]*runnerProc             // runners whose final test waits at the teardown gate
+	turns         *sched.Turns[*testRun]          // the call gate (Config.CallLimit)
+	reports       *sched.InOrder[*testRun, Event] // with a call limit: events in dispatch order
 	zygotes       map[int]*zproc
 	byPID         map[int]any // *runnerProc or *zproc
 	slots         []bool
@@ -177,6 +171,7 @@ func Start(cfg Config) (*Supervisor, error) {
 		runners: map[int]*runnerProc{}, live: map[int]*runnerProc{}, waiting: map[int]*runnerProc{},
 		zygotes: map[int]*zproc{}, byPID: map[int]any{},
 		slots: make([]bool, cfg.Workers), zygFail: map[int]string{}, setupWait: map[int]time.Time{},
+		turns: sched.NewTurns[*testRun](cfg.CallLimit), reports: sched.NewInOrder[*testRun, Event](),
 	}
 	if err := s.newLoop(); err != nil {
 		unix.Close(cfg.ListenFD)
@@ -246,7 +241,7 @@ func (s *Supervisor) abort() {
 		signalPidfd(r.pidfd, unix.SIGUSR2)
 	}
 	for _, z := range s.zygotes {
-		s.command(z.conn, map[string]any{"t": "exit", "teardown": true})
+		s.command(z.conn, exitCmd{T: "exit", Teardown: true})
 	}
 	s.exitSent = true
 }
@@ -282,7 +277,7 @@ func (s *Supervisor) maybeEnd() bool {
 		if s.sched.Left() == 0 && !s.exitSent {
 			s.exitSent = true
 			if z := s.zygotes[0]; z.conn != nil {
-				s.command(z.conn, map[string]any{"t": "exit"})
+				s.command(z.conn, exitCmd{T: "exit"})
 			} else {
 				s.killAll()
 			}
@@ -380,193 +375,6 @@ func (s *Supervisor) hello(cn *conn, f map[string]any) {
 	}
 }
 
-// rest unbinds a connection from its runner, whose tests are all done: the process
-// restores itself (its runner ends, as if it had exited) and keeps the connection for
-// the runner it becomes next (take). Connecting once per process instead of once per
-// test saves an accept, two goroutines and a connection teardown per test.
-func (s *Supervisor) rest(cn *conn) {
-	r := s.runners[cn.id]
-	if r.current != nil || r.remaining > 0 {
-		s.connEnded(cn, fmt.Errorf("runner %d rested with tests left", r.id))
-		return
-	}
-	r.conn, r.eof = nil, true
-	cn.id = -1
-	s.maybeRunnerEnded(r)
-}
-
-func (s *Supervisor) take(cn *conn, id int) {
-	r, ok := s.runners[id]
-	if !ok || r.conn != nil || r.eof {
-		s.connEnded(cn, fmt.Errorf("take of unexpected runner %d", id))
-		return
-	}
-	cn.id = id
-	r.conn = cn
-}
-
-func (s *Supervisor) testOf(r *runnerProc, f map[string]any) *testRun {
-	i := asInt(f["test"])
-	if i < 0 || i >= len(s.tests) || s.tests[i] == nil || s.tests[i].runner != r || s.tests[i].finished {
-		return nil
-	}
-	return s.tests[i]
-}
-
-func (s *Supervisor) runnerFrame(r *runnerProc, in input) {
-	t := s.testOf(r, in.msg.Fields)
-	if t == nil {
-		s.connEnded(r.conn, fmt.Errorf("runner %d sent %q for a test it does not run", r.id, in.msg.Type))
-		return
-	}
-	switch in.msg.Type {
-	case "start":
-		r.current, r.startedAny = t, true
-		t.started = time.Now()
-		if d := s.cfg.Tests[t.idx].Timeout; d > 0 {
-			t.deadline = t.started.Add(seconds(d))
-		}
-	case "report", "warning", "handover":
-		t.frames = append(t.frames, in.raw)
-	case "await":
-		r.awaiting, t.pausedAt = t, time.Now()
-		s.waiting[r.id] = r
-		s.sched.AtGate(r.id)
-		s.endCall(t) // its scope's other tests may need the turn before it can go on
-	case "await_call":
-		if s.cfg.CallLimit <= 0 || t.callHeld || t.awaitingCall {
-			s.connEnded(r.conn, fmt.Errorf("runner %d asked for a call turn it cannot have", r.id))
-			return
-		}
-		t.awaitingCall, t.pausedAt = true, time.Now()
-		if t.turnOver {
-			// Its turn is over and it calls the test again (a plugin reran it after a
-			// passed call and a failed teardown): it goes next, before tests
-			// dispatched after it.
-			t.turnOver = false
-			s.callOrder = append([]*testRun{t}, s.callOrder...)
-		}
-	case "call_over":
-		// Its call passed (a runner sends this for passed calls only): the next
-		// test's call need not wait for this one's teardown and reports.
-		if t.callHeld {
-			s.endCall(t)
-		}
-	case "abort":
-		f := in.msg.Fields
-		s.emit(Event{"t": "abort", "test": t.idx, "reason": f["reason"], "code": asInt(f["code"]),
-			"interrupt": f["interrupt"]})
-		s.abort()
-	case "done":
-		t.done = true
-		t.maxrssKB, t.cpu = asInt(in.msg.Fields["maxrss"]), asFloat(in.msg.Fields["cpu"])
-		if r.current == t {
-			r.current = nil
-		}
-		s.finish(t, "ok", "", nil)
-	default:
-		s.connEnded(r.conn, fmt.Errorf("runner %d sent %q", r.id, in.msg.Type))
-	}
-}
-
-func (s *Supervisor) zygoteFrame(cn *conn, in input) {
-	typ, f := in.msg.Type, in.msg.Fields
-	switch typ {
-	case "ready":
-		id := asInt(f["id"])
-		delete(s.setupWait, id)
-		if p := s.sched.Zygote(id); p != nil && p.Parent != nil {
-			delete(s.setupWait, p.Parent.ID)
-		}
-		s.sched.Ready(id)
-	case "serial":
-		s.sched.SetSerial(asInt(f["id"]))
-		s.emit(Event{"t": "note", "msg": fmt.Sprintf("zygote %s runs its tests one at a time: %s",
-			s.keyOf(asInt(f["id"])), f["why"])})
-	case "per_process":
-		s.emit(Event{"t": "note", "msg": fmt.Sprintf("zygote %s: %s", s.keyOf(asInt(f["id"])), f["why"])})
-	case "forked":
-		kind, id, pid := f["kind"].(string), asInt(f["id"]), asInt(f["pid"])
-		switch kind {
-		case "runner":
-			if r, ok := s.runners[id]; ok && r.pid == 0 {
-				r.pid, r.pidfd = pid, openPidfd(pid)
-				s.byPID[pid] = r
-				if s.stopping && !r.ended {
-					// Forked for a run command sent before the stop: abort() could not
-					// signal it then. Left alone it would run its whole test.
-					signalPidfd(r.pidfd, unix.SIGUSR2)
-				}
-			}
-		case "zygote":
-			if z, ok := s.zygotes[id]; ok && z.pid == 0 {
-				z.pid, z.pidfd = pid, openPidfd(pid)
-				s.byPID[pid] = z
-			}
-		}
-	case "exited":
-		pid := asInt(f["pid"])
-		info := exitInfo{status: asInt(f["status"]), maxrssKB: asInt(f["maxrss"]),
-			utime: asFloat(f["utime"]), stime: asFloat(f["stime"])}
-		switch p := s.byPID[pid].(type) {
-		case *runnerProc:
-			p.exit, p.exitAt = &info, time.Now()
-			s.maybeRunnerEnded(p)
-		case *zproc:
-			s.zygoteGone(p, info)
-		}
-		delete(s.byPID, pid)
-	case "fail":
-		if r, ok := s.runners[asInt(f["runner"])]; ok {
-			s.runnerEnded(r, "tach could not start a test process: "+f["message"].(string))
-		}
-	case "error":
-		s.zygFail[cn.id] = "internal error in the zygote: " + f["message"].(string)
-	case "handover":
-		// Replayed in the main process in the order it arrives; it belongs to no test.
-		s.emit(Event{"t": "handover", "frame": in.raw})
-	default:
-		s.connEnded(cn, fmt.Errorf("zygote sent %q", typ))
-	}
-}
-
-func (s *Supervisor) keyOf(id int) string {
-	if z := s.sched.Zygote(id); z != nil {
-		if z.Key == "" {
-			return "root"
-		}
-		return z.Key
-	}
-	return fmt.Sprint(id)
-}
-
-// zygoteGone fails every test that can no longer run because zygote z ended; a zygote
-// that ended after its work was done loses nothing.
-func (s *Supervisor) zygoteGone(z *zproc, info exitInfo) {
-	closePidfd(&z.pidfd)
-	reason, ok := s.zygFail[z.id]
-	if !ok {
-		reason = fmt.Sprintf("zygote for %s (pid %d) %s", s.keyOf(z.id), z.pid, describeStatus(info.status))
-	}
-	lost, runners := s.sched.ZygoteExited(z.id)
-	for _, id := range runners {
-		if r := s.runners[id]; r != nil && !r.ended {
-			signalPidfd(r.pidfd, unix.SIGKILL) // it dies with its zygote anyway
-			s.closeRunner(r)
-		}
-	}
-	for _, i := range lost {
-		t := s.tests[i]
-		if t == nil {
-			t = &testRun{idx: i}
-			s.tests[i] = t
-		}
-		if !t.finished {
-			s.finish(t, "lost", reason, nil)
-		}
-	}
-}
-
 func (s *Supervisor) connEnded(cn *conn, err error) {
 	s.closeConn(cn)
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -588,69 +396,7 @@ func (s *Supervisor) connEnded(cn *conn, err error) {
 	}
 }
 
-// maybeRunnerEnded ends r once both its exit status and the end of its connection
-// have arrived (either alone may still leave frames or a cause to come).
-func (s *Supervisor) maybeRunnerEnded(r *runnerProc) {
-	if !r.ended && r.exit != nil && (r.eof || r.conn == nil && time.Since(r.exitAt) > 2*time.Second) {
-		s.runnerEnded(r, "")
-	}
-}
-
-// runnerEnded settles a runner whose process is gone: the test it was running failed
-// with how it ended; the tests of its batch it never started go back to the queue
-// (or, if it died before starting any test, fail: a runner that cannot start would
-// otherwise be replaced forever).
-func (s *Supervisor) runnerEnded(r *runnerProc, failure string) {
-	if r.ended {
-		return
-	}
-	if t := r.current; t != nil && !t.finished {
-		outcome := "crashed"
-		if t.timedOut {
-			outcome = "timeout"
-		}
-		s.finish(t, outcome, failure, r)
-	}
-	requeue := r.startedAny && failure == ""
-	rest := s.sched.RunnerExited(r.id, requeue)
-	if !requeue {
-		why := failure
-		if why == "" && r.exit != nil {
-			why = fmt.Sprintf("its test process %s before starting a test", describeStatus(r.exit.status))
-		}
-		for _, i := range rest {
-			if t := s.tests[i]; t != nil && !t.finished {
-				s.finish(t, "lost", why, r)
-			}
-		}
-	} else {
-		for _, i := range rest {
-			s.tests[i] = nil // dispatched again later, to a new runner
-		}
-		if s.cfg.CallLimit > 0 {
-			s.emitInOrder() // tests held back for those just requeued go now
-		}
-	}
-	s.closeRunner(r)
-}
-
-func (s *Supervisor) closeRunner(r *runnerProc) {
-	r.ended = true
-	delete(s.live, r.id)
-	delete(s.waiting, r.id)
-	closePidfd(&r.pidfd)
-	s.releaseSlot(r)
-	s.closeConn(r.conn)
-}
-
-func (s *Supervisor) releaseSlot(r *runnerProc) {
-	if r.slotHeld {
-		r.slotHeld = false
-		s.slots[r.slot] = false
-	}
-}
-
-func (s *Supervisor) command(cn *conn, m map[string]any) {
+func (s *Supervisor) command(cn *conn, m any) {
 	if cn == nil || cn.closed {
 		return
 	}
@@ -671,21 +417,21 @@ func (s *Supervisor) dispatch() {
 			if d := s.maxTimeout(a.Tests); d > 0 {
 				s.setupWait[a.Zygote] = time.Now().Add(seconds(d))
 			}
-			s.command(z.conn, map[string]any{"t": "spawn", "id": a.Child, "key": a.Key, "tests": a.Tests, "final": a.Final})
+			s.command(z.conn, spawnCmd{T: "spawn", ID: a.Child, Key: a.Key, Tests: a.Tests, Final: a.Final})
 		case sched.Run:
 			r := &runnerProc{id: a.Runner, zygote: a.Zygote, pidfd: -1, slot: s.takeSlot(), slotHeld: true}
 			s.runners[a.Runner] = r
 			s.live[a.Runner] = r
 			s.assign(r, a.Tests)
-			s.command(z.conn, map[string]any{"t": "run", "runner": a.Runner, "tests": a.Tests,
-				"final": a.Final, "persistent": s.cfg.Persistent, "slot": r.slot})
+			s.command(z.conn, runCmd{T: "run", Runner: a.Runner, Tests: a.Tests, Final: a.Final,
+				Persistent: s.cfg.Persistent, Slot: r.slot})
 		case sched.Assign:
 			r := s.runners[a.Runner]
 			s.assign(r, a.Tests)
-			s.command(r.conn, map[string]any{"t": "batch", "tests": a.Tests, "final": a.Final})
+			s.command(r.conn, batchCmd{T: "batch", Tests: a.Tests, Final: a.Final})
 		case sched.Retire:
 			if r := s.runners[a.Runner]; r != nil {
-				s.command(r.conn, map[string]any{"t": "exit"})
+				s.command(r.conn, exitCmd{T: "exit"})
 			}
 		}
 	}
@@ -695,287 +441,19 @@ func (s *Supervisor) dispatch() {
 			delete(s.waiting, r.id)
 			s.sched.Through(r.id)
 			resume(t)
-			s.command(r.conn, map[string]any{"t": "go"})
+			s.command(r.conn, goCmd{T: "go"})
 		}
 	}
 	// Turns go in dispatch order, as tests would run one after another: a test set up
 	// sooner than the one before it still waits for it (-x must stop where plain pytest
 	// would).
-	for s.calling < s.cfg.CallLimit && len(s.callOrder) > 0 {
-		t := s.callOrder[0]
-		if t.turnOver || s.tests[t.idx] != t || t.runner == nil || t.runner.ended {
-			s.callOrder = s.callOrder[1:] // done without a call (setup failed), crashed, or requeued
-			continue
-		}
-		if !t.awaitingCall {
-			break // still setting up
-		}
-		s.callOrder = s.callOrder[1:]
-		t.awaitingCall, t.turnOver, t.callHeld = false, true, true
-		s.calling++
+	for _, t := range s.turns.Grant(s.mayCall) {
 		resume(t)
-		s.command(t.runner.conn, map[string]any{"t": "go"})
+		s.command(t.runner.conn, goCmd{T: "go"})
 	}
 	for _, id := range s.sched.Drained() {
 		if z := s.zygotes[id]; z != nil {
-			s.command(z.conn, map[string]any{"t": "exit"})
+			s.command(z.conn, exitCmd{T: "exit"})
 		}
 	}
-}
-
-// endCall ends t's part in the call gate: it gives its turn back when the test ends,
-// so the next test's reports come after its own (-x stops where a plain run stops), or
-// when the test waits at the teardown gate for other tests of its zygotes, which may
-// need the turn (a test whose setup failed gets there without a call: it must not hold
-// up the turn order either).
-func (s *Supervisor) endCall(t *testRun) {
-	t.turnOver = true
-	if t.callHeld {
-		t.callHeld = false
-		s.calling--
-	}
-}
-
-// resume restarts the deadline of a test that waited at a gate.
-func resume(t *testRun) {
-	if !t.deadline.IsZero() {
-		t.deadline = t.deadline.Add(time.Since(t.pausedAt))
-	}
-	t.pausedAt = time.Time{}
-}
-
-func (s *Supervisor) assign(r *runnerProc, tests []int) {
-	r.remaining = len(tests)
-	for _, i := range tests {
-		s.tests[i] = &testRun{idx: i, runner: r}
-		if s.cfg.CallLimit > 0 {
-			s.callOrder = append(s.callOrder, s.tests[i])
-			s.reportOrder = append(s.reportOrder, s.tests[i])
-		}
-	}
-}
-
-func (s *Supervisor) maxTimeout(tests []int) float64 {
-	m := 0.0
-	for _, i := range tests {
-		if t := s.cfg.Tests[i].Timeout; t > m {
-			m = t
-		}
-	}
-	return m
-}
-
-func (s *Supervisor) takeSlot() int {
-	for i, used := range s.slots {
-		if !used {
-			s.slots[i] = true
-			return i
-		}
-	}
-	s.slots = append(s.slots, true) // a runner's exit not yet seen: labels only
-	return len(s.slots) - 1
-}
-
-func (s *Supervisor) finish(t *testRun, outcome, reason string, ended *runnerProc) {
-	t.finished = true
-	s.endCall(t)
-	ev := Event{"t": "test", "idx": t.idx, "outcome": outcome, "reason": reason, "done": t.done,
-		"slot": -1, "runner": -1}
-	frames := make([]any, 0, len(t.frames))
-	for _, f := range t.frames {
-		frames = append(frames, f)
-	}
-	ev["frames"] = frames
-	if t.badFrame {
-		ev["frame_error"] = true
-	}
-	if r := t.runner; r != nil {
-		ev["slot"], ev["runner"], ev["pid"] = r.slot, r.id, r.pid
-		if ended != nil && ended.exit != nil {
-			ev["status"] = ended.exit.status
-			ev["status_text"] = describeStatus(ended.exit.status)
-			ev["signal"], ev["exit_code"] = splitStatus(ended.exit.status)
-			ev["maxrss_kb"], ev["cpu_s"] = ended.exit.maxrssKB, ended.exit.utime+ended.exit.stime
-		}
-	}
-	if t.done {
-		ev["maxrss_kb"], ev["cpu_s"] = t.maxrssKB, t.cpu
-	}
-	if !t.started.IsZero() {
-		ev["wall_s"] = time.Since(t.started).Seconds()
-	}
-	if t.timedOut {
-		ev["timeout_s"] = s.cfg.Tests[t.idx].Timeout
-	}
-	s.sched.TestDone(t.idx)
-	if r := t.runner; r != nil {
-		r.remaining--
-		if r.remaining <= 0 && !s.cfg.Persistent {
-			s.releaseSlot(r) // its process is about to exit: the label is free
-		}
-	}
-	if s.cfg.CallLimit <= 0 {
-		s.emit(ev)
-		return
-	}
-	t.event = ev
-	s.emitInOrder()
-}
-
-// emitInOrder emits finished tests' events in dispatch order (with a call limit). A
-// test whose call passed gives its turn on before its teardown and its reports, so the
-// next test can fail and report first; with -x the main process would then stop before
-// replaying the earlier test, which a plain run reports. So a test's event waits for
-// those of the tests dispatched before it (a test sent back to the queue is skipped: it
-// comes again when it is dispatched again).
-func (s *Supervisor) emitInOrder() {
-	for len(s.reportOrder) > 0 {
-		t := s.reportOrder[0]
-		if t.event == nil {
-			if s.tests[t.idx] == t && !t.finished {
-				return // still running: the tests after it wait
-			}
-			s.reportOrder = s.reportOrder[1:] // requeued
-			continue
-		}
-		s.emit(t.event)
-		t.event = nil
-		s.reportOrder = s.reportOrder[1:]
-	}
-}
-
-// progress notes that the run moved: a process said something or ended.
-func (s *Supervisor) progress() {
-	s.progressAt, s.stallWait = time.Now(), seconds(s.cfg.StallReport)
-}
-
-// stalled emits what the run is waiting for, once nothing has moved for stallWait.
-func (s *Supervisor) stalled(now time.Time) {
-	idle := now.Sub(s.progressAt)
-	if s.cfg.StallReport <= 0 || s.stopping || s.over || idle < s.stallWait {
-		return
-	}
-	s.stallWait *= 2
-	running, gated, settingUp := [][]any{}, []int{}, []string{} // lists, even when empty
-	for _, r := range s.live {
-		switch t := r.current; {
-		case r.awaiting != nil:
-			gated = append(gated, r.awaiting.idx)
-		case t != nil && !t.finished:
-			running = append(running, []any{t.idx, now.Sub(t.started).Seconds(), r.pid})
-		}
-	}
-	for _, id := range s.sched.SettingUp() {
-		settingUp = append(settingUp, s.keyOf(id))
-	}
-	sort.Slice(running, func(i, j int) bool { return running[i][0].(int) < running[j][0].(int) })
-	sort.Ints(gated)
-	sort.Strings(settingUp)
-	s.emit(Event{"t": "stall", "idle_s": idle.Seconds(), "running": running, "gated": gated,
-		"setting_up": settingUp, "left": s.sched.Left()})
-}
-
-// checkTimers enforces test deadlines (dump tracebacks, then kill), fixture-setup
-// deadlines, and a bound on waiting for a dead runner's connection to drain; and
-// reports a run that has stopped moving.
-func (s *Supervisor) checkTimers(now time.Time) {
-	s.stalled(now)
-	grace := seconds(s.cfg.KillGrace)
-	for _, r := range s.live {
-		if t := r.current; t != nil && !t.deadline.IsZero() && t.pausedAt.IsZero() && now.After(t.deadline) && !t.timedOut {
-			t.timedOut = true
-			signalPidfd(r.pidfd, unix.SIGUSR1) // faulthandler dumps every thread's stack
-			r.killAt = now.Add(grace)
-		}
-		if !r.killAt.IsZero() && now.After(r.killAt) {
-			r.killAt = time.Time{}
-			signalPidfd(r.pidfd, unix.SIGKILL)
-		}
-		if r.exit != nil && !r.eof && now.Sub(r.exitAt) > 2*time.Second {
-			// Something the test forked still holds the runner's connection open.
-			r.eof = true
-			s.maybeRunnerEnded(r)
-		}
-	}
-	if !s.abortDeadline.IsZero() && now.After(s.abortDeadline) {
-		s.abortDeadline = time.Time{}
-		s.emit(Event{"t": "note", "msg": fmt.Sprintf("scope teardown after the stop took over %s: killed", AbortGrace)})
-		s.killAll()
-	}
-	for id, dl := range s.setupWait {
-		if now.After(dl) {
-			delete(s.setupWait, id)
-			s.zygFail[id] = fmt.Sprintf("Timeout while zygote %s set up fixtures", s.keyOf(id))
-			if z := s.zygotes[id]; z != nil {
-				signalPidfd(z.pidfd, unix.SIGKILL)
-			}
-		}
-	}
-}
-
-// signalPidfd signals through a pidfd only: once a process is reaped its pid may
-// belong to anyone, while a pidfd keeps naming the process it was opened for.
-func signalPidfd(pidfd int, sig unix.Signal) {
-	if pidfd > 0 {
-		_ = unix.PidfdSendSignal(pidfd, sig, nil, 0)
-	}
-}
-
-// killAll kills the whole run: the root zygote leads a process group that every
-// zygote and runner belongs to. The root is our child and is not reaped before
-// reapRoot reports it, so its pid (and its group's id) cannot have been reused.
-func (s *Supervisor) killAll() {
-	_ = unix.Kill(-s.cfg.RootPID, unix.SIGKILL)
-	if !s.rootGone {
-		_ = unix.Kill(s.cfg.RootPID, unix.SIGKILL)
-	}
-}
-
-func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
-
-func openPidfd(pid int) int {
-	if pid <= 0 {
-		return -1
-	}
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return -1
-	}
-	return fd
-}
-
-func closePidfd(fd *int) {
-	if *fd > 0 {
-		unix.Close(*fd)
-	}
-	*fd = -1
-}
-
-// splitStatus returns (signal, exit code) from a raw wait status; -1 where not applicable.
-func splitStatus(status int) (int, int) {
-	ws := unix.WaitStatus(status)
-	switch {
-	case status < 0:
-		return -1, -1
-	case ws.Signaled():
-		return int(ws.Signal()), -1
-	case ws.Exited():
-		return -1, ws.ExitStatus()
-	}
-	return -1, -1
-}
-
-func describeStatus(status int) string {
-	sig, code := splitStatus(status)
-	switch {
-	case sig > 0:
-		name := unix.SignalName(unix.Signal(sig))
-		if name == "" {
-			name = fmt.Sprintf("signal %d", sig)
-		}
-		return fmt.Sprintf("was killed by %s (signal %d)", name, sig)
-	case code >= 0:
-		return fmt.Sprintf("exited with code %d", code)
-	}
-	return "ended in an unknown way"
 }

@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 
 #: The extension ABI this Python code speaks (go/core/main.go: abi).
-ABI = 1
+ABI = 2
 
 _core: ModuleType | None = None
 
@@ -63,6 +63,12 @@ def probe() -> dict[str, Any]:
     """Kernel release, usable CPUs and the kernel-feature probes (go/sysinfo)."""
     report: dict[str, Any] = _unpack(core().probe())
     return report
+
+
+def protocol() -> dict[str, Any]:
+    """The protocol as the supervisor knows it (go/supervisor/proto.go: Protocol)."""
+    described: dict[str, Any] = _unpack(core().protocol())
+    return described
 
 
 def frames(stream: bytes) -> list[Any]:
