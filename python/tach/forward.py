@@ -1,6 +1,6 @@
 """The Forwarder: the plugin that sends a runner's reports to the supervisor.
 
-Kept apart from zygote.py so that registering it (at configure time, in the main
+Kept apart from the forked package so that registering it (at configure time, in the main
 process, before the first fork) imports nothing heavy.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tach import frames, setuphooks
+from tach import frames, protocol, setuphooks
 
 
 class Forwarder:
@@ -58,14 +58,14 @@ class Forwarder:
         if self.sock is None:
             return
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        self.send({"t": "report", "test": self.test, "data": data}, flush=report.when != "teardown")
+        self.send(protocol.report(self.test, data), flush=report.when != "teardown")
         _unstop(self.config)
         if report.when == "call" and report.passed and self.turn == self.test:
             # Its threads are done: the next test's may start while this one tears
             # down. (A failed call keeps the turn until this test is done, so its
             # reports come first and -x stops the next test before that one reports.)
             self.turn = -1
-            self.send({"t": "call_over", "test": self.test})
+            self.send(protocol.call_over(self.test))
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
@@ -78,7 +78,7 @@ class Forwarder:
         holds the turn."""
         if self.sock is not None and self.call_gate and self.turn != self.test:
             t0 = time.perf_counter()
-            self.send({"t": "await_call", "test": self.test})
+            self.send(protocol.await_call(self.test))
             self._wait_for_go()
             self.turn = self.test
             self.waited = time.perf_counter() - t0
@@ -120,7 +120,7 @@ class Forwarder:
 
     @pytest.hookimpl(trylast=True)
     def pytest_tach_teardown_wait(self, config: pytest.Config, item: pytest.Item) -> None:
-        self.send({"t": "await", "test": self.test})
+        self.send(protocol.await_gate(self.test))
         self._wait_for_go()
 
     def pytest_warning_recorded(self, warning_message: Any, when: str, nodeid: str,
@@ -134,7 +134,7 @@ class Forwarder:
         if self.sock is None:
             self.held.append(data)  # a zygote's: sent by the test process it is for
         else:
-            self.send({"t": "warning", "test": self.test, "data": data})
+            self.send(protocol.warning(self.test, data))
 
 
 def _unstop(config: pytest.Config) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tach import frames, hooks
+from tach import frames, hooks, protocol
 
 #: Plugins that must act in the main process alone, as ``module.Class`` of the plugin
 #: object (they register without a name). pytest-reportlog writes a line per report:
@@ -59,18 +59,18 @@ def encode(config: pytest.Config, item: pytest.Item | None, test: int) -> tuple[
     if not output:
         return [], []
     try:
-        return [frames.encode({"t": "handover", "test": test, "data": output})], []
+        return [frames.encode(protocol.handover(test, output))], []
     except ValueError:
         pass  # over the cap: one frame per key
     out: list[bytes] = []
     dropped: list[str] = []
     for key, value in output.items():
         try:
-            out.append(frames.encode({"t": "handover", "test": test, "data": {key: value}}))
+            out.append(frames.encode(protocol.handover(test, {key: value})))
         except ValueError as e:
             dropped.append(f"{key!r}: {e}")
     if dropped:
-        out.append(frames.encode({"t": "handover", "test": test, "data": {}, "dropped": dropped}))
+        out.append(frames.encode(protocol.handover(test, {}, dropped)))
     return out, dropped
 
 

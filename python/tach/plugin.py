@@ -13,7 +13,7 @@ from tach import handover, options, snapshot, xdistcompat
 
 if TYPE_CHECKING:
     # Named in the StashKeys below (strings): the modules load when a run needs them.
-    from tach.engine import RunResult  # noqa: F401
+    from tach.controller import RunResult  # noqa: F401
     from tach.forward import Forwarder  # noqa: F401
     from tach.monitor import Lines  # noqa: F401
 

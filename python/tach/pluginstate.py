@@ -272,10 +272,10 @@ class Testmon:
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: Any) -> Any:
-        from tach.zygote import _ScopeEnd
+        from tach.forked.scopes import ScopeEnd
 
         collect = self._collect()
-        if isinstance(nextitem, _ScopeEnd) and collect is not None:
+        if isinstance(nextitem, ScopeEnd) and collect is not None:
             collect.testmon._next_test_name = None  # this process's batch ends here
         yield
 

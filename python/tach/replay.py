@@ -133,7 +133,7 @@ def _trim_dump(dump: str) -> str:
             out.append(line)
         elif skipping:
             continue
-        elif "/tach/zygote.py" in line:
+        elif "/tach/forked/" in line:
             skipping = True
             out.append("  (tach's runner and pytest's main loop below)")
         else:

@@ -120,7 +120,7 @@ def _dump_stacks(tw: Any) -> None:
         tw.write("".join(traceback.format_list(stack[cut:])))
 
 
-_RUNNER = os.path.join("tach", "zygote.py")
+_RUNNER = os.path.join("tach", "forked", "runner.py")
 
 
 def _writer(out: io.StringIO) -> Any:

@@ -40,9 +40,9 @@ def test_a_malformed_frame_is_named_instead_of_the_exit_status(tmp_path: Path) -
 def test_the_stack_dump_is_cut_where_tachs_runner_begins(tmp_path: Path) -> None:
     """faulthandler's frames below the test (tach's runner, pytest's loop) are the same for
     every test: they are cut, per thread, at the first frame in the runner's module."""
-    from tach import zygote
+    from tach.forked import runner
 
-    runner_file = zygote.__file__
+    runner_file = runner.__file__
     (tmp_path / "r3.tb").write_text(
         "Fatal Python error: Segmentation fault\n\n"
         "Current thread 0x1 (most recent call first):\n"
