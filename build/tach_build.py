@@ -35,12 +35,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PKG_SRC = ROOT / "python" / "tach"
 GO_PKG = "./go/core"
-RESET_SRC = ROOT / "c" / "reset" / "reset.c"
+#: tach._reset's sources: C, next to the code that loads it (its README has the contract)
+RESET_DIR = PKG_SRC / "forked" / "reset"
 
 # Files an sdist carries: enough to rebuild the wheel and run the tests.
 SDIST_INCLUDE = [
     "pyproject.toml", "go.mod", "go.sum", "README.md", "Makefile", "LICENSE",
-    "build", "c", "go", "python", "tests", "examples", "docs", "bench", ".ci",
+    "build", "go", "python", "tests", "examples", "docs", "bench", ".ci",
 ]
 
 
@@ -192,12 +193,15 @@ def _find_cc() -> list[str]:
 
 
 def build_reset(dest_dir: Path) -> Path:
-    """Build tach._reset (c/reset/reset.c) into dest_dir; return the file."""
+    """Build tach._reset (python/tach/forked/reset/*.c) into dest_dir; return the file.
+    Hidden visibility: calls between its files are direct, through no PLT slot (the
+    restore rewrites memory while it runs); only PyInit__reset is exported."""
     cc = _find_cc()
     out = dest_dir / f"_reset{sysconfig.get_config_var('EXT_SUFFIX')}"
     dest_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [*cc, "-O2", "-shared", "-fPIC", "-Wall", *[f"-I{d}" for d in _includes()],
-           *os.environ.get("CFLAGS", "").split(), str(RESET_SRC), "-o", str(out)]
+    sources = [str(p) for p in sorted(RESET_DIR.glob("*.c"))]
+    cmd = [*cc, "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", *[f"-I{d}" for d in _includes()],
+           *os.environ.get("CFLAGS", "").split(), *sources, "-o", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(f"tach: `{' '.join(cmd)}` failed:\n{proc.stderr}")
@@ -277,8 +281,8 @@ def _package_files() -> list[Path]:
     """Python sources of the package (no caches, no extension built in place)."""
     out = []
     for p in sorted(PKG_SRC.rglob("*")):
-        if p.is_dir() or "__pycache__" in p.parts:
-            continue
+        if p.is_dir() or "__pycache__" in p.parts or p.parent == RESET_DIR:
+            continue  # (the extension's sources: built, not shipped)
         if p.name.startswith(("_core", "_reset")) and p.suffix in (".so", ".h"):
             continue
         out.append(p)
