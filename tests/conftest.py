@@ -101,3 +101,20 @@ def run_both(pytester: pytest.Pytester, *args: str,
     pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", f"--junitxml={tached}",
                                   *tach_args, *args, timeout=600)
     return outcomes_by_test(plain), outcomes_by_test(tached)
+
+
+#: A conftest whose session, module and class fixtures say when they are set up and torn
+#: down (in the tests' output): the engine's scope tests read it.
+SCOPES = """
+    import os, pytest
+    LOG = os.path.join(os.path.dirname(__file__), "log.txt")
+    def log(s):
+        with open(LOG, "a") as f:
+            f.write(s + "\\n")
+
+    @pytest.fixture(scope="session")
+    def sess():
+        log("session-setup")
+        yield [1, 2, 3]
+        log("session-teardown")
+"""
