@@ -28,15 +28,12 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from tach import frames, protocol
 from tach.forked import scopes
-from tach.forked.process import connect, readable, report_fatal
+from tach.forked.process import Context, connect, readable, report_fatal
 from tach.forked.runner import Runner, produced_of
-
-if TYPE_CHECKING:
-    from tach.forked.zygote import Zygote
 
 #: A zygote makes a new test process reusable only when it can expect to run at least
 #: this many tests in it: a snapshot costs about as much as forking 2-3 test processes
@@ -55,6 +52,24 @@ class Ending:
     announce: bool = True
     #: a job offered to it and never taken: another process must run it
     orphan: dict[str, Any] | None = None
+
+
+class Owner(Protocol):
+    """What a source needs of the zygote it serves (forked/zygote.py's Zygote)."""
+
+    ctx: Context
+    runners: set[int]  # pids of its live test processes
+    direct_left: int  # tests it has yet to run in processes of its own
+    teardown_base: list[Any]
+    fixtures: scopes.Fixtures
+
+    def send(self, msg: dict[str, Any]) -> None: ...
+    def fork_runner(self, job: dict[str, Any]) -> None: ...
+    def fork_or_fail(self, kind: str, ident: int, conn: socket.socket | None = None) -> int: ...
+    def enter_child(self, role: str, keep: socket.socket | None = None) -> socket.socket: ...
+    def watch(self, fd: int) -> None: ...
+    def unwatch(self, fd: int) -> None: ...
+    def after_runner(self) -> None: ...
 
 
 class Source(Protocol):
@@ -89,7 +104,7 @@ class Source(Protocol):
 class ForkEach:
     """--tach-reset fork: a process per job."""
 
-    def __init__(self, zygote: Zygote) -> None:
+    def __init__(self, zygote: Owner) -> None:
         self.z = zygote
 
     def start(self, job: dict[str, Any], left: int, did_setup: bool) -> None:
@@ -140,7 +155,7 @@ class Reusable:
 class Pool:
     """--tach-reset snapshot: reusable test processes, restored in place after each test."""
 
-    def __init__(self, zygote: Zygote) -> None:
+    def __init__(self, zygote: Owner) -> None:
         self.z = zygote
         self.reusable: dict[int, Reusable] = {}  # pid -> reusable test process
         self.ctl_fds: dict[int, Reusable] = {}  # their control sockets, by fd
@@ -311,7 +326,7 @@ class Pool:
             z.ctx.reset = False
 
 
-def serve_reusable(z: Zygote, ctl: socket.socket, job: dict[str, Any]) -> None:
+def serve_reusable(z: Owner, ctl: socket.socket, job: dict[str, Any]) -> None:
     """The loop of a reusable test process (forked from zygote z): run a test, tell the
     zygote, restore this process to the moment of the snapshot below, wait for the next.
 
