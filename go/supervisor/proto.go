@@ -61,7 +61,8 @@ import (
 // From a runner (its connection is opened by its zygote before the fork, or by a
 // reusable test process before its snapshot, for every runner it will be):
 //
-//	hello   {role: "runner", id, pid}
+//	hello   {role: "runner", id, pid}           pid: the sender's, its zygote's when the zygote
+//	                                            opened the connection (the runner's comes with forked)
 //	start   {test}                              the runner begins test (its deadline starts)
 //	report  {test, data}                        a serialized pytest report
 //	warning {test, data}                        a recorded warning

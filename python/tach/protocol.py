@@ -80,7 +80,9 @@ POOL: dict[str, list[str]] = {
 
 # -- to the supervisor, from a zygote ---------------------------------------------------
 def hello(role: str, ident: int) -> Frame:
-    """The first frame of every connection (role: zygote or runner)."""
+    """The first frame of every connection (role: zygote or runner), with the sender's pid:
+    a zygote's, for the runner connection it opens before the fork (the supervisor takes
+    a runner's pid from ``forked``)."""
     return {"t": "hello", "role": role, "id": ident, "pid": os.getpid()}
 
 
