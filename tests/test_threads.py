@@ -446,27 +446,39 @@ def test_stress_processes_inherit_an_immortalized_heap(pytester: pytest.Pytester
 
 @requires_free_threading
 def test_classic_races_are_caught(pytester: pytest.Pytester) -> None:
+    # Each race is made certain, not likely: the thread first inside waits (bounded, far
+    # above any load) until a second thread has come to the same point, so the test
+    # depends on tach running the bodies at once, not on how the machine schedules them.
     pytester.makepyfile(test_classic="""
-        import time
+        import threading
 
+        tried = threading.Event()  # a thread called next() while another was inside
         def items():
             i = 0
             while True:  # endless: the only way next() can fail here is the race
+                if not tried.is_set():
+                    tried.wait(60)  # inside the generator until another thread tries it
                 yield i
                 i += 1
         SHARED = items()
         def test_shared_generator():
             out = []
             for _ in range(50):
-                out.append(next(SHARED))  # two threads inside one generator: ValueError
+                try:
+                    out.append(next(SHARED))  # two threads inside one generator: ValueError
+                finally:
+                    tried.set()
 
         _cache = None
         BUILT = []
+        both_saw_none = threading.Event()
         def get_cache():
             global _cache
             if _cache is None:
                 BUILT.append(1)
-                time.sleep(0.002)  # a slow initializer: others arrive meanwhile
+                if len(BUILT) >= 2:
+                    both_saw_none.set()
+                both_saw_none.wait(60)  # a slow initializer: another thread arrives meanwhile
                 _cache = {"ready": True}
             return _cache
         def test_lazy_global_cache():
@@ -475,9 +487,12 @@ def test_classic_races_are_caught(pytester: pytest.Pytester) -> None:
 
         REGISTRY = {}
         MADE = []
+        SECOND = {f"k{i}": threading.Event() for i in range(100)}
         def make(key):
             MADE.append(key)
-            time.sleep(0.002)  # a slow constructor
+            if MADE.count(key) >= 2:
+                SECOND[key].set()
+            SECOND[key].wait(60)  # a slow constructor: another thread arrives meanwhile
             return object()
         def test_dict_check_then_set(iteration_index):
             key = f"k{iteration_index}"
