@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tach import frames, protocol, setuphooks
+from tach import fit, frames, protocol, setuphooks
 
 
 class Forwarder:
@@ -49,7 +49,13 @@ class Forwarder:
     def send(self, msg: dict[str, Any], flush: bool = True) -> None:
         if self.sock is None:
             raise RuntimeError("tach: a report was sent outside a test process")
-        self.buffer += frames.encode(msg)
+        try:
+            frame = frames.encode(msg)
+        except frames.TooBig:
+            # A report bigger than a frame (a -vv diff of big structures, 100 MB of
+            # captured output): cut, with a note where, rather than lost.
+            frame = frames.encode(fit.shrink(msg))
+        self.buffer += frame
         if flush:
             self.sock.sendall(self.buffer)
             self.buffer.clear()

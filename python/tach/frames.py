@@ -17,10 +17,14 @@ _HEADER = struct.Struct(">I")
 MAX_FRAME = 16 << 20  # go/wire.DefaultMaxFrame
 
 
+class TooBig(ValueError):
+    """A message that encodes to more than a frame may hold."""
+
+
 def encode(msg: dict[str, Any]) -> bytes:
     payload: bytes = msgpack.packb(msg, use_bin_type=True, default=_fallback)
     if len(payload) > MAX_FRAME:
-        raise ValueError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME}-byte cap")
+        raise TooBig(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME}-byte cap")
     return _HEADER.pack(len(payload)) + payload
 
 
