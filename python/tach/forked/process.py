@@ -5,6 +5,7 @@ when tach's own code fails in one."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import select
 import signal
@@ -23,6 +24,10 @@ from tach.forward import Forwarder
 from tach.plan import Level
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+#: rounds of killing what tests left running: a stray that forks as it dies leaves new
+#: orphans, each round takes the ones there are
+_STRAY_ROUNDS = 50
 SOCKET_DEADLINE = 30.0  # seconds a blocking send to the supervisor may take
 
 
@@ -77,11 +82,75 @@ def fork() -> int:
         return os.fork()
 
 
+#: the parent this process must die with (set by die_with_parent)
+_parent = -1
+
+
 def die_with_parent(parent: int) -> None:
+    global _parent
+    _parent = parent
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(70)
+
+
+def adopt_strays() -> None:
+    """Become the run's subreaper: a process a test leaves running (a daemon it
+    double-forked or started in a session of its own) is re-parented here when its
+    parent exits, instead of to init, so that reap_strays can end it with the run."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_strays() -> list[str]:
+    """Kill and reap every child this process still has: called once its own children
+    (zygotes, test processes) are reaped, what is left are strays adopt_strays took in.
+    Returns them, described, for the record."""
+    killed: list[str] = []
+    for _ in range(_STRAY_ROUNDS):
+        pids = children()
+        if not pids:
+            break
+        for pid in pids:
+            killed.append(f"{pid} ({_cmdline(pid)})")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+    return killed
+
+
+def children() -> list[int]:
+    """This process's children (zombies included), from /proc: every process's stat
+    (a task's children file needs CONFIG_PROC_CHILDREN, which not every kernel has)."""
+    me, out = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            out.append(int(name))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+    except OSError:
+        return "?"
 
 
 def connect(path: str) -> socket.socket:
@@ -217,12 +286,44 @@ def connected_sockets(exclude: set[int]) -> list[str]:
 
 def report_fatal(ctx: Context, what: str, runner: int | None = None) -> None:
     """An exception escaped a forked process's own code (not a test's: pytest reports
-    those). Write it where the main process looks for it, then exit."""
-    text = traceback.format_exc()
+    those). Say why in one line where it is read (a test process's crash report, whose
+    test then fails naming it; else stderr, beside the supervisor's word that this
+    process died), then exit. tach's traceback is for its developers: TACH_DEBUG=1."""
+    exc = sys.exc_info()[1]
+    text = f"tach: {what} stopped: {fatal_cause(exc)}\n"
+    if os.environ.get("TACH_DEBUG"):
+        text += traceback.format_exc()
     try:
         if runner is not None:
             with open(os.path.join(ctx.fault_dir, f"r{runner}.tb"), "a") as f:
                 f.write(text)
-        sys.stderr.write(f"tach: internal error in {what}:\n{text}")
+        else:
+            sys.stderr.write(text)
     finally:
         os._exit(1)
+
+
+#: errors of tach's connection to the supervisor that a test causes by closing or
+#: replacing file descriptors it did not open (tach's among them)
+_BROKEN = (errno.EBADF, errno.ENOTSOCK, errno.EPIPE, errno.ECONNRESET, errno.EINVAL)
+
+
+def fatal_cause(exc: BaseException | None) -> str:
+    """What made a forked process give up, for a user: a broken connection to tach is
+    what a test did to its fds, unless the parent zygote died (the supervisor reports
+    that); anything else is a fault of tach's, named with where."""
+    if _parent > 0 and os.getppid() != _parent:
+        return "its zygote died (the supervisor says which and why)"
+    if isinstance(exc, (OSError, EOFError)) and (
+            isinstance(exc, EOFError) or exc.errno in _BROKEN):
+        return (f"its connection to tach broke ({type(exc).__name__}: {exc}): did the test "
+                "close, replace or write into file descriptors it did not open?")
+    where = ""
+    tb = exc.__traceback__ if exc is not None else None
+    while tb is not None:
+        if "/tach/" in tb.tb_frame.f_code.co_filename:
+            code = tb.tb_frame.f_code
+            where = f" in {os.path.basename(code.co_filename)}:{tb.tb_lineno} ({code.co_name})"
+        tb = tb.tb_next
+    name = type(exc).__name__ if exc is not None else "unknown error"
+    return f"a fault in tach{where}: {name}: {exc} (please report it; TACH_DEBUG=1 shows the traceback)"

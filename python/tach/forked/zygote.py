@@ -20,12 +20,14 @@ from tach import forksafe, frames, handover, protocol, setuphooks
 from tach.forked import scopes
 from tach.forked.process import (
     Context,
+    adopt_strays,
     connect,
     connected_sockets,
     die_with_parent,
     fork,
     freeze,
     immortalize_once,
+    reap_strays,
     report_fatal,
     restart_capture,
     silence_terminal,
@@ -88,6 +90,8 @@ class Zygote:
                 if fd == self.conn.fileno():
                     msg = frames.recv(self.conn)
                     if msg is None:  # the supervisor is gone
+                        if self.depth == 0:
+                            reap_strays()
                         os._exit(0)
                     self.command(msg)
                 elif fd in self.children:
@@ -150,6 +154,8 @@ class Zygote:
             if msg.get("teardown"):
                 self.teardown()
                 self.handover()
+            if self.depth == 0:
+                reap_strays()
             os._exit(0)
 
     def teardown(self) -> None:
@@ -366,6 +372,7 @@ def start_root(ctx: Context, own_group: bool = True) -> int:
         # Zygotes never act on Ctrl-C themselves: the main process stops the run.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         die_with_parent(main_pid)
+        adopt_strays()
         config = ctx.session.config
         silence_terminal(config)
         handover.drop_main_only(config)
