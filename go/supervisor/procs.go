@@ -3,7 +3,10 @@
 package supervisor
 
 import (
+	"bytes"
 	"fmt"
+	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -71,4 +74,22 @@ func describeStatus(status int) string {
 		return fmt.Sprintf("exited with code %d", code)
 	}
 	return "ended in an unknown way"
+}
+
+// procState is a process's state letter from /proc/<pid>/stat ('R', 'S', 'T' stopped,
+// 't' stopped by a tracer, 'Z'...), or 0 when it cannot be read.
+func procState(pid int) byte {
+	if pid <= 0 {
+		return 0
+	}
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// "pid (comm) S ...": comm may hold spaces and parentheses, the last ')' ends it.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 || i+2 >= len(data) {
+		return 0
+	}
+	return data[i+2]
 }

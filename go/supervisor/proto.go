@@ -173,7 +173,8 @@ var commands = []any{
 // the last ones only for a test process that ended, was timed out, or measured).
 var events = map[string][]string{
 	"test": {"t", "idx", "outcome", "reason", "done", "slot", "runner", "frames", "frame_error", "pid",
-		"status", "status_text", "signal", "exit_code", "maxrss_kb", "cpu_s", "wall_s", "timeout_s"},
+		"status", "status_text", "signal", "exit_code", "maxrss_kb", "cpu_s", "wall_s", "timeout_s",
+		"stopped_s"},
 	"abort":    {"t", "test", "reason", "code", "interrupt"},
 	"handover": {"t", "frame"},
 	"note":     {"t", "msg"},

@@ -232,6 +232,9 @@ func (s *Supervisor) finish(t *testRun, outcome, reason string, ended *runnerPro
 	if t.timedOut {
 		ev["timeout_s"] = s.cfg.Tests[t.idx].Timeout
 	}
+	if t.stopped {
+		ev["stopped_s"] = time.Since(t.stoppedAt).Seconds()
+	}
 	s.sched.TestDone(t.idx)
 	if r := t.runner; r != nil {
 		r.remaining--

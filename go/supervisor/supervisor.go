@@ -77,11 +77,15 @@ type testRun struct {
 	started  time.Time
 	deadline time.Time
 	timedOut bool
-	pausedAt time.Time // waiting at a gate: its deadline does not run
-	done     bool
-	finished bool
-	maxrssKB int
-	cpu      float64
+	// stoppedAt is when its process was first seen stopped (by SIGSTOP or SIGTSTP, not
+	// by a tracer); stopped, that it stayed so past StopGrace and was killed for it.
+	stoppedAt time.Time
+	stopped   bool
+	pausedAt  time.Time // waiting at a gate: its deadline does not run
+	done      bool
+	finished  bool
+	maxrssKB  int
+	cpu       float64
 }
 
 type runnerProc struct {
@@ -139,6 +143,7 @@ type Supervisor struct {
 	setupWait     map[int]time.Time
 	stopping      bool
 	abortDeadline time.Time
+	stopCheckAt   time.Time // when running tests' processes are next looked at for being stopped
 	rootGone      bool
 	rootExit      *exitInfo
 	exitSent      bool
@@ -216,6 +221,12 @@ const (
 
 // AbortGrace bounds how long scope teardown may take after a stop.
 const AbortGrace = 10 * time.Second
+
+// StopGrace is how long a test process may stay stopped (it sent itself SIGSTOP, or a
+// terminal's SIGTSTP reached it) before tach kills it and fails its test: plain pytest
+// would sit stopped with it until someone continued it; a run must end. A process
+// continued within it (a test that stops itself and has a helper wake it) goes on.
+var StopGrace = 5 * time.Second
 
 // Stop ends the run early (see StopAbort and StopKill). Tests not yet reported are
 // dropped: the caller stops replaying once it has asked to stop.

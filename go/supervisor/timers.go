@@ -48,8 +48,17 @@ func (s *Supervisor) stalled(now time.Time) {
 func (s *Supervisor) checkTimers(now time.Time) {
 	s.stalled(now)
 	grace := seconds(s.cfg.KillGrace)
+	checkStops := !now.Before(s.stopCheckAt)
+	if checkStops {
+		s.stopCheckAt = now.Add(stopCheckEvery)
+	}
 	for _, r := range s.live {
-		if t := r.current; t != nil && !t.deadline.IsZero() && t.pausedAt.IsZero() && now.After(t.deadline) && !t.timedOut {
+		t := r.current
+		if t != nil && !t.finished && !t.stopped && !t.timedOut &&
+			(checkStops || (!t.deadline.IsZero() && t.pausedAt.IsZero() && now.After(t.deadline))) {
+			s.checkStopped(r, t, now)
+		}
+		if t != nil && !t.deadline.IsZero() && t.pausedAt.IsZero() && now.After(t.deadline) && !t.timedOut && !t.stopped {
 			t.timedOut = true
 			signalPidfd(r.pidfd, unix.SIGUSR1) // faulthandler dumps every thread's stack
 			r.killAt = now.Add(grace)
@@ -77,6 +86,25 @@ func (s *Supervisor) checkTimers(now time.Time) {
 				signalPidfd(z.pidfd, unix.SIGKILL)
 			}
 		}
+	}
+}
+
+// stopCheckEvery is how often running tests' processes are looked at for being stopped.
+const stopCheckEvery = time.Second
+
+// checkStopped kills a test process that has stayed stopped for StopGrace, or that is
+// stopped when its deadline passes (a stopped process cannot dump its stacks).
+func (s *Supervisor) checkStopped(r *runnerProc, t *testRun, now time.Time) {
+	if procState(r.pid) != 'T' {
+		t.stoppedAt = time.Time{}
+		return
+	}
+	if t.stoppedAt.IsZero() {
+		t.stoppedAt = now
+	}
+	if now.Sub(t.stoppedAt) >= StopGrace || (!t.deadline.IsZero() && now.After(t.deadline)) {
+		t.stopped = true
+		signalPidfd(r.pidfd, unix.SIGKILL)
 	}
 }
 

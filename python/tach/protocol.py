@@ -58,7 +58,8 @@ FROM_SUPERVISOR: dict[str, list[str]] = {
 #: carry (handled by controller.Controller, one method each).
 EVENTS: dict[str, list[str]] = {
     "test": ["t", "idx", "outcome", "reason", "done", "slot", "runner", "frames", "frame_error", "pid",
-             "status", "status_text", "signal", "exit_code", "maxrss_kb", "cpu_s", "wall_s", "timeout_s"],
+             "status", "status_text", "signal", "exit_code", "maxrss_kb", "cpu_s", "wall_s", "timeout_s",
+             "stopped_s"],
     "abort": ["t", "test", "reason", "code", "interrupt"],
     "handover": ["t", "frame"],
     "note": ["t", "msg"],

@@ -106,6 +106,10 @@ def crash_text(item: pytest.Item, ev: dict[str, Any], fault_dir: str) -> str:
         if ev.get("frame_error"):
             lines.append("the test process wrote a malformed frame to tach's connection, "
                          "so tach killed it")
+        elif ev.get("stopped_s") is not None:
+            lines.append(f"the test process was stopped (SIGSTOP or SIGTSTP) and not continued "
+                         f"within {ev['stopped_s']:.0f}s, so tach killed it (plain pytest would "
+                         "have stopped with it, waiting for a SIGCONT)")
         elif ev.get("status_text"):
             lines.append(f"the test process {ev['status_text']}")
         if ev.get("done") is False and ev.get("exit_code") == 0:

@@ -65,3 +65,36 @@ def test_the_stack_dump_is_cut_where_tachs_runner_begins(tmp_path: Path) -> None
         "Thread 0x2 (most recent call first):",
         '  File "/usr/lib/python3/threading.py", line 320 in wait',
     ]
+
+
+def test_a_stopped_process_is_said_to_have_been_stopped(tmp_path: Path) -> None:
+    ev = {"outcome": "crashed", "slot": 0, "runner": 3, "status_text": "was killed by SIGKILL (signal 9)",
+          "stopped_s": 5.2}
+    text = replay.crash_text(ITEM, ev, str(tmp_path))
+    assert "stopped (SIGSTOP or SIGTSTP) and not continued within 5s" in text
+    assert "SIGKILL" not in text
+
+
+def _raised(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as e:  # noqa: BLE001 - the point: what report_fatal sees
+        return e
+
+
+def test_a_broken_connection_to_tach_is_put_on_the_test() -> None:
+    import errno
+
+    from tach.forked import process
+
+    cause = process.fatal_cause(_raised(OSError(errno.EBADF, "Bad file descriptor")))
+    assert "connection to tach broke" in cause and "file descriptors it did not open" in cause
+    assert "connection to tach broke" in process.fatal_cause(_raised(EOFError("closed inside a frame")))
+
+
+def test_any_other_fault_is_named_as_tach_s_without_a_traceback() -> None:
+    from tach.forked import process
+
+    cause = process.fatal_cause(_raised(ValueError("bad value")))
+    assert cause.startswith("a fault in tach") and "ValueError: bad value" in cause
+    assert "please report it" in cause and "Traceback" not in cause
