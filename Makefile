@@ -29,9 +29,9 @@ MORE_PYTHONS ?= $(sort $(wildcard $(PYENV_ROOT)/versions/3.1[0-9].*/bin/python3)
 export GOTOOLCHAIN := local
 export TACH_CACHE
 
-.PHONY: test go-check lint py-test py-test-more py-test-ft python-ft demo dev ext bench parity clean
+.PHONY: test go-check lint py-test gauntlet py-test-more py-test-ft python-ft demo dev ext bench parity clean
 
-test: go-check lint py-test py-test-more py-test-ft
+test: go-check lint py-test gauntlet py-test-more py-test-ft
 	@echo "make test: all checks passed"
 
 go-check:
@@ -50,7 +50,15 @@ lint:
 py-test:
 	py=$$(build/venv.sh $(PYTHON)); \
 	echo "== pytest on $$($$py -c 'import sys; print(sys.version.split()[0])')"; \
-	$$py -m pytest tests $(PYTEST_ARGS)
+	$$py -m pytest tests --ignore=tests/gauntlet $(PYTEST_ARGS)
+
+# The gauntlet in full (every case, every mode, repeated) with both cores kept busy
+# beside it: tach must hold under load, not only on an idle machine. The other
+# interpreters run a part of it, unloaded, with the rest of the suite.
+gauntlet:
+	py=$$(build/venv.sh $(PYTHON)); \
+	echo "== the gauntlet on $$($$py -c 'import sys; print(sys.version.split()[0])'), under load"; \
+	TACH_GAUNTLET=full build/with-load.sh $$py -m pytest tests/gauntlet $(PYTEST_ARGS)
 
 py-test-more:
 	@mine=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); seen=" $$mine "; \

@@ -1,0 +1,299 @@
+"""The gauntlet: tach under faults. Each case does something to a run (or has a test do
+something to its own process) and holds the run to harness.Run.check's invariants: one
+outcome per selected test, no process of the run left, no traceback of tach's, pytest's
+exit code. Where plain pytest would have died too, the report must say what happened."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from harness import TACH_TRACEBACK, Run, collected, run, wait_for
+
+#: `make gauntlet` runs every case in full, under load, on the main interpreter; the
+#: other interpreters' runs take a part (one mode, one repeat, fewer moments)
+FULL = os.environ.get("TACH_GAUNTLET") == "full"
+MODES = ["test", "module", "none"] if FULL else ["test"]
+#: how many times each cheap case runs: a fault that shows one run in a few must show here
+REPEAT = 3 if FULL else 1
+MOMENTS = 20 if FULL else 4
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def write(path: Path, **files: str) -> None:
+    import textwrap
+
+    for name, text in files.items():
+        (path / f"{name}.py").write_text(textwrap.dedent(text))
+
+
+# -- reports that do not fit in a frame ------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_report_bigger_than_a_frame_is_cut_and_shown(suite: Path, mode: str) -> None:
+    write(suite, test_big="""
+        import sys
+        def test_big_message():
+            assert False, "head-of-message " + "z" * 20_000_000 + " end-of-message"
+        def test_big_output():
+            chunk = "y" * 999 + "\\n"
+            print("first-line-of-output")
+            for _ in range(100_000):
+                sys.stdout.write(chunk)
+            print("last-line-of-output")
+            assert 0
+        def test_ok(): pass
+    """)
+    r = run(suite, "--tach-isolate", mode, "--tach-workers", "2")
+    assert r.check() == {"test_big.py::test_big_message": "failed",
+                         "test_big.py::test_big_output": "failed", "test_big.py::test_ok": "passed"}
+    for shown in ("head-of-message", "end-of-message", "first-line-of-output", "last-line-of-output"):
+        assert shown in r.out
+    assert r.out.count("the report did not fit") >= 2
+
+
+# -- a zygote killed mid-run -------------------------------------------------------------
+
+KILLER = """
+    import os, signal, pytest
+
+    def ancestors():
+        '''The zygotes above this test's process, innermost first, the root last.'''
+        main, pid, chain = int(os.environ["GAUNTLET_MAIN"]), os.getppid(), []
+        while pid != main:
+            chain.append(pid)
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        return chain
+
+    @pytest.fixture(scope="session")
+    def sess():
+        return 1
+
+    @pytest.fixture(scope="module")
+    def mod(sess):
+        return 2
+"""
+
+
+@pytest.mark.parametrize("which", ["innermost", "outer", "root"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_zygote_killed_mid_run(suite: Path, mode: str, which: str) -> None:
+    pick = {"innermost": "chain[0]", "outer": "chain[len(chain) // 2]", "root": "chain[-1]"}[which]
+    write(suite, conftest=KILLER, test_a=f"""
+        import os, signal, pytest
+        from conftest import ancestors
+
+        class TestC:
+            @pytest.fixture(scope="class")
+            def cls(self, mod):
+                return 3
+            @pytest.mark.parametrize("i", range(6))
+            def test_x(self, i, cls):
+                if i == 2:
+                    chain = ancestors()
+                    os.kill({pick}, signal.SIGKILL)
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_y(i, mod): pass
+    """, test_b="""
+        import pytest
+        @pytest.mark.parametrize("i", range(4))
+        def test_z(i, sess): pass
+    """)
+    for _ in range(REPEAT):
+        r = run(suite, "--tach-isolate", mode, "--tach-workers", "2")
+        outcomes = r.check()
+        # (the killing test itself may have reported before its process followed)
+        if set(outcomes.values()) != {"passed"}:
+            assert "tach could not run" in r.out or "zygote for" in r.out, r.out[-3000:]
+
+
+# -- the main process stopped from outside -----------------------------------------------
+
+SLEEPERS = """
+    import time, pytest
+    @pytest.fixture(scope="module")
+    def mod():
+        yield
+    @pytest.mark.parametrize("i", range(8))
+    def test_sleep(i, mod):
+        time.sleep(600)
+"""
+
+
+def _run_started(suite: Path) -> bool:
+    return any(suite.glob("started-*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGKILL", "SIGTERM", "SIGINT"])
+def test_the_main_process_signalled(suite: Path, sig: int) -> None:
+    write(suite, conftest="""
+        import os, pytest
+        @pytest.fixture(autouse=True)
+        def started(tmp_path_factory):
+            open(os.path.join(os.path.dirname(__file__), f"started-{os.getpid()}"), "w").close()
+    """, test_s=SLEEPERS)
+
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        wait_for(lambda: _run_started(suite), "a test started")
+        proc.send_signal(sig)
+
+    r = run(suite, "--tach-workers", "2", during=stop)
+    if sig == signal.SIGKILL:
+        assert r.rc == -signal.SIGKILL
+        return
+    assert r.rc == pytest.ExitCode.INTERRUPTED, r.out[-3000:]
+    assert "KeyboardInterrupt" in r.out or "Terminated" in r.out or "SIGTERM" in r.out, r.out[-3000:]
+    assert not r.out.count("Traceback (most recent call last)") > 1, r.out[-3000:]
+
+
+@pytest.mark.parametrize("moment", range(MOMENTS))
+def test_ctrl_c_at_any_moment(suite: Path, moment: int) -> None:
+    """SIGINT at 20 moments spread over a run's life, from the end of collection (the
+    root zygote's fork, the first scopes set up) to its end (the last reports, the
+    teardown). (Earlier, Python and pytest are still starting up: their
+    KeyboardInterrupt is theirs, as in any pytest run.)"""
+    write(suite, conftest="""
+        import pytest
+        @pytest.fixture(scope="session")
+        def sess():
+            yield
+        @pytest.fixture(scope="module")
+        def mod(sess):
+            yield
+    """, **{f"test_m{m}": """
+        import pytest
+        @pytest.mark.parametrize("i", range(30))
+        def test_x(i, mod): pass
+    """ for m in range(4)})
+
+    def interrupt(proc: subprocess.Popen[bytes]) -> None:
+        wait_for(lambda: collected(suite) or proc.poll() is not None, "collection")
+        time.sleep(moment * 0.06 * 20 / MOMENTS)
+        proc.send_signal(signal.SIGINT)
+
+    r = run(suite, "--tach-workers", "2", during=interrupt)
+    assert not _tach_traceback(r), r.out[-3000:]
+    if r.rc in (pytest.ExitCode.OK, -signal.SIGINT):
+        # The run was over before the signal came (-SIGINT: it came in pytest's own
+        # shutdown, after the summary, which plain pytest does not survive either).
+        assert set(r.outcomes().values()) == {"passed"}
+    else:
+        assert r.rc == pytest.ExitCode.INTERRUPTED, r.out[-3000:]
+        r.no_phase_twice()  # (the tests the interrupt caught have none, as in plain pytest)
+
+
+def _tach_traceback(r: Run) -> bool:
+    return bool(TACH_TRACEBACK.search(r.out))
+
+
+# -- tests that do things to their own process -------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_test_leaves_a_daemon_behind(suite: Path, mode: str) -> None:
+    write(suite, test_d="""
+        import os, subprocess, sys, time
+        def test_setsid_daemon():
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                             start_new_session=True)
+        def test_double_fork():
+            if os.fork() == 0:
+                if os.fork() == 0:
+                    os.setsid()
+                    time.sleep(600)
+                os._exit(0)
+            os.wait()
+        def test_after(): pass
+    """)
+    for _ in range(REPEAT):
+        r = run(suite, "--tach-isolate", mode, "--tach-workers", "2")
+        assert r.check() == dict.fromkeys(r.selected, "passed")
+
+
+@pytest.mark.parametrize("how", ["close", "dup2", "garbage"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_test_abuses_every_fd_it_did_not_open(suite: Path, mode: str, how: str) -> None:
+    write(suite, test_f=f"""
+        import os, pytest
+        def fds():
+            return [int(n) for n in os.listdir("/proc/self/fd") if int(n) > 2]
+        def close():
+            os.closerange(3, 4096)
+        def dup2():
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in fds():
+                if fd != null:
+                    os.dup2(null, fd)
+        def garbage():
+            for fd in fds():
+                try:
+                    os.write(fd, b"\\xc1\\xff garbage \\x00" * 64)
+                except OSError:
+                    pass
+        def test_abuse():
+            {how}()
+        @pytest.mark.parametrize("i", range(4))
+        def test_after(i): pass
+    """)
+    for _ in range(REPEAT):
+        r = run(suite, "--tach-isolate", mode, "--tach-workers", "2")
+        outcomes = r.check()
+        assert all(outcomes[f"test_f.py::test_after[{i}]"] == "passed" for i in range(4))
+        if outcomes["test_f.py::test_abuse"] != "passed":
+            assert "test_abuse" in r.out
+
+
+@pytest.mark.parametrize("timeout", [None, 5])
+def test_a_test_that_stops_itself(suite: Path, timeout: int | None) -> None:
+    write(suite, test_s="""
+        import os, signal
+        def test_stops():
+            os.kill(os.getpid(), signal.SIGSTOP)
+        def test_after(): pass
+    """)
+    args = ["--tach-workers", "2"] + ([f"--tach-timeout={timeout}"] if timeout else [])
+    r = run(suite, *args)
+    outcomes = r.check()
+    assert outcomes == {"test_s.py::test_stops": "failed", "test_s.py::test_after": "passed"}
+    assert "SIGSTOP" in r.out or "stopped" in r.out, r.out[-3000:]
+
+
+# -- the run's limits --------------------------------------------------------------------
+
+def test_a_low_open_file_limit(suite: Path) -> None:
+    write(suite, **{f"test_m{m}": """
+        import pytest
+        @pytest.mark.parametrize("i", range(25))
+        def test_x(i): pass
+    """ for m in range(4)})
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    for mode in MODES:
+        r = run(suite, "--tach-isolate", mode, "--tach-workers", "4", preexec=low)
+        outcomes = r.check()
+        assert set(outcomes.values()) == {"passed"}, r.out[-3000:]
+
+
+@pytest.mark.skipif(not FULL, reason="in full only (make gauntlet): it takes long")
+def test_many_workers_on_few_cores(suite: Path) -> None:
+    write(suite, **{f"test_m{m:02}": """
+        import pytest
+        @pytest.mark.parametrize("i", range(250))
+        def test_x(i): pass
+    """ for m in range(20)})
+    r = run(suite, "--tach-workers", "32", "-q")
+    outcomes = r.check()
+    assert len(outcomes) == 5000 and set(outcomes.values()) == {"passed"}
