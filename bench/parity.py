@@ -13,9 +13,19 @@ exits 1 when a mismatch is not explained in suites.toml.
 Downloads, unpacked sources and venvs live under $TACH_CACHE/parity, outside the repo.
 
 Usage: python bench/parity.py [--suites FILE] [--project NAME ...] [--modes test,module,none]
-                              [--out FILE] [--python PYTHON] [--in-place]
+                              [--out FILE] [--python PYTHON] [--in-place] [--keep]
+                              [--run-timeout S] [--test-timeout S] [--no-control]
+       python bench/parity.py --add NAME==VERSION [--suites FILE]
 --in-place runs every project with --python as it is (no venv, nothing installed): for
 projects given as a local `path`, which is how `make test` keeps the harness itself honest.
+
+When a run goes wrong: a run quiet for a minute says so (and its last line); a run is
+killed at --run-timeout and its test processes at --test-timeout (tach's --tach-timeout);
+--keep keeps each project's work directory (junit files, every run's whole output). A
+second plain run (the control) tells the suite's own nondeterminism (ids made from a set,
+order-dependent tests) from tach's: a test whose outcome differs between the two plain
+runs is reported as the suite's, not counted against tach. --add fetches a project's
+sdist hash from PyPI and appends a stanza for it to the suites file.
 """
 
 from __future__ import annotations
@@ -45,7 +55,9 @@ else:  # pragma: no cover - tach's own floor is 3.10, the harness follows it
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("test", "module", "none")
-RUN_TIMEOUT = 30 * 60  # seconds for one pytest run; a hung run is reported, not waited on forever
+RUN_TIMEOUT = 30 * 60  # seconds for one pytest run by default; a hung run is reported, not waited on forever
+TEST_TIMEOUT = 10 * 60  # seconds for one test under tach by default (--tach-timeout)
+HEARTBEAT = 60  # seconds a run may be quiet before the harness says it is still going
 SIMPLE_API = "https://pypi.org/simple/{name}/"
 
 
@@ -84,6 +96,14 @@ class Mismatch:
     tach: list[str]
     detail: str
     explanation: str = ""
+
+
+@dataclass
+class Limits:
+    """How long runs may take, and what the harness keeps."""
+    run_s: float = RUN_TIMEOUT
+    test_s: float = TEST_TIMEOUT
+    heartbeat_s: float = HEARTBEAT
 
 
 class HarnessError(Exception):
@@ -182,21 +202,29 @@ def ensure_venv(p: Project, src: Path, python: str, cache: Path, pytest_req: lis
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
         pip = [py, "-m", "pip", "install", "-q"]
-        try:
-            subprocess.run([*pip, *pytest_req, "msgpack", *p.requires], check=True)
-            subprocess.run([*pip, str(src)], check=True)
-        except subprocess.CalledProcessError as e:
-            raise HarnessError(f"{p.label}: installing into {venv} failed: {e}") from e
+        _pip(p, venv, [*pip, *pytest_req, "msgpack", *p.requires])
+        _pip(p, venv, [*pip, str(src)])
         stamp.write_text(key)
-    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)], check=True)
+    _pip(p, venv, [py, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)])
     return py
+
+
+def _pip(p: Project, venv: Path, cmd: list[str]) -> None:
+    """Run pip; when it fails, the error names what pip said, not only its exit status."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0:
+        said = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        raise HarnessError(f"{p.label}: installing into {venv} failed (pip exit {proc.returncode}): "
+                           + " / ".join(said[-8:]))
 
 
 # -- running and reading junitxml ----------------------------------------------------
 
 
 def run_pytest(py: str, cwd: Path, p: Project, extra: list[str], junit: Path, cache_dir: Path,
-               data_file: Path | None = None) -> Run:
+               limits: Limits, what: str, data_file: Path | None = None) -> Run:
+    """One pytest run, its whole output kept beside its junit file (NAME.out); a run
+    quiet for limits.heartbeat_s says so on stderr, one over limits.run_s is killed."""
     cmd = [py, "-m", "pytest", "-q", "-o", f"cache_dir={cache_dir}", f"--junitxml={junit}",
            *extra, *p.args, *p.tests]
     env = dict(os.environ)
@@ -204,18 +232,51 @@ def run_pytest(py: str, cwd: Path, p: Project, extra: list[str], junit: Path, ca
     env.pop("PYTEST_PLUGINS", None)
     if data_file is not None:
         env["COVERAGE_FILE"] = str(data_file)
+    out_path = junit.with_suffix(".out")
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, errors="replace", timeout=RUN_TIMEOUT, start_new_session=True)
-        code, out = proc.returncode, proc.stdout
-    except subprocess.TimeoutExpired as e:
-        # Despite text=True, what was read before the timeout may come back as bytes.
-        code = None
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        code = _wait(proc, out_path, t0, limits, f"{p.label}: {what}")
     wall = time.perf_counter() - t0
+    text = out_path.read_text(errors="replace")
     outcomes, messages = parse_junit(junit) if junit.exists() else ({}, {})
-    return Run(wall, code, outcomes, messages, "\n".join(out.splitlines()[-20:]))
+    return Run(wall, code, outcomes, messages, "\n".join(text.splitlines()[-20:]))
+
+
+def _wait(proc: subprocess.Popen[bytes], out_path: Path, t0: float, limits: Limits, label: str) -> int | None:
+    """The run's exit code; None when it was killed at the limit (its whole process
+    group: tach's and the suite's processes with it)."""
+    size, quiet_since = -1, time.perf_counter()
+    while True:
+        now = time.perf_counter()
+        if now - t0 > limits.run_s:
+            try:
+                os.killpg(proc.pid, 9)
+            except OSError:
+                pass
+            proc.wait()
+            print(f"   {label}: killed at the {limits.run_s:g} s limit", file=sys.stderr, flush=True)
+            return None
+        try:
+            return proc.wait(timeout=min(5.0, limits.heartbeat_s))
+        except subprocess.TimeoutExpired:
+            pass
+        grown = out_path.stat().st_size
+        if grown != size:
+            size, quiet_since = grown, time.perf_counter()
+        elif time.perf_counter() - quiet_since >= limits.heartbeat_s:
+            quiet_since = time.perf_counter()
+            last = _last_line(out_path)
+            print(f"   {label}: still running after {time.perf_counter() - t0:.0f} s, quiet for "
+                  f"{limits.heartbeat_s:g} s; last line: {last!r}", file=sys.stderr, flush=True)
+
+
+def _last_line(path: Path) -> str:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 2000))
+        lines = f.read().decode(errors="replace").strip().splitlines()
+    return lines[-1][-200:] if lines else ""
 
 
 def parse_junit(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -244,14 +305,28 @@ def parse_junit(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     return outcomes, messages
 
 
-def compare(p: Project, plain: Run, tach: Run) -> list[Mismatch]:
+def compare(p: Project, plain: Run, tach: Run, nondeterministic: dict[str, str] | None = None) -> list[Mismatch]:
+    """Tests whose outcomes differ, each with its explanation: the suites file's, else
+    the suite's own nondeterminism when the control run saw that test change too."""
     out = []
     for tid in sorted(set(plain.outcomes) | set(tach.outcomes)):
         a, b = plain.outcomes.get(tid, ["missing"]), tach.outcomes.get(tid, ["missing"])
         if a != b:
             detail = tach.messages.get(tid) or plain.messages.get(tid, "")
             why = p.explain.get(tid) or next((v for k, v in p.explain.items() if fnmatch.fnmatchcase(tid, k)), "")
+            if not why and nondeterministic and tid in nondeterministic:
+                why = f"the suite's own nondeterminism: {nondeterministic[tid]}"
             out.append(Mismatch(tid, a, b, detail, why))
+    return out
+
+
+def control_diff(first: Run, second: Run) -> dict[str, str]:
+    """Tests whose outcome differs between two plain runs (or exist in one only)."""
+    out = {}
+    for tid in sorted(set(first.outcomes) | set(second.outcomes)):
+        a, b = first.outcomes.get(tid, ["missing"]), second.outcomes.get(tid, ["missing"])
+        if a != b:
+            out[tid] = f"plain pytest gave {'/'.join(a)}, then {'/'.join(b)}"
     return out
 
 
@@ -300,6 +375,9 @@ def totals(data: dict[str, list[list[object]]]) -> tuple[int, int, int]:
 class Result:
     project: Project
     plain: Run | None = None
+    #: the second plain run, and the tests whose outcome it changed
+    control: Run | None = None
+    nondeterministic: dict[str, str] = field(default_factory=dict)
     modes: dict[str, Run] = field(default_factory=dict)
     mismatches: dict[str, list[Mismatch]] = field(default_factory=dict)
     error: str = ""
@@ -320,7 +398,8 @@ class Result:
         return [m for m, d in self.cov_diffs.items() if d and m not in self.project.cov_explain]
 
 
-def render(results: list[Result], modes: list[str], header: str) -> str:
+def render(results: list[Result], modes: list[str], header: str, limits: Limits | None = None) -> str:
+    limits = limits or Limits()
     lines = [header, "",
              "| project | tests | " + " | ".join(f"identical `{m}`" for m in modes)
              + " | pytest s | " + " | ".join(f"× `{m}`" for m in modes) + " |",
@@ -387,8 +466,16 @@ def render(results: list[Result], modes: list[str], header: str) -> str:
     for r in results:
         for m, run in r.modes.items():
             if run.exit_code is None or (r.plain and r.plain.exit_code is None):
-                lines += ["", f"{r.project.label} `{m}` hit the {RUN_TIMEOUT} s limit:", "```",
+                lines += ["", f"{r.project.label} `{m}` hit the {limits.run_s:g} s limit:", "```",
                           run.output_tail, "```"]
+    shaky = [r for r in results if r.nondeterministic]
+    if shaky:
+        lines += ["", "## The suites' own nondeterminism", "",
+                  "Tests whose outcome differed between two plain pytest runs (the control): a "
+                  "difference under tach on these is the suite's, not tach's.", ""]
+        for r in shaky:
+            lines.append(f"- {r.project.label}: {len(r.nondeterministic)} tests")
+            lines += [f"  - `{tid}`: {why}" for tid, why in list(r.nondeterministic.items())[:20]]
     return "\n".join(lines) + "\n"
 
 
@@ -399,7 +486,9 @@ def run_project(p: Project, args: argparse.Namespace, pytest_req: list[str], whe
                 modes: list[str]) -> Result:
     res = Result(p)
     cache = Path(args.cache)
+    limits = Limits(args.run_timeout, args.test_timeout, args.heartbeat)
     work = Path(tempfile.mkdtemp(prefix=f"tach-parity-{p.name}-"))
+    tach_args = ["-p", "tach", "--tach-workers", str(args.workers), f"--tach-timeout={limits.test_s:g}"]
     try:
         if p.path is not None:
             src = work / "src"
@@ -409,39 +498,78 @@ def run_project(p: Project, args: argparse.Namespace, pytest_req: list[str], whe
         py = args.python if args.in_place else ensure_venv(p, src, args.python, cache, pytest_req, wheel)
         cache_dir = work / "pytest-cache"
         print(f"== {p.label}: plain pytest", file=sys.stderr, flush=True)
-        res.plain = run_pytest(py, src, p, ["-p", "no:tach"], work / "plain.xml", cache_dir)
+        res.plain = run_pytest(py, src, p, ["-p", "no:tach"], work / "plain.xml", cache_dir, limits, "plain")
         # Exit 2-5 (interrupted, internal error, usage error, nothing collected): the
         # suite did not run as its authors meant, so there would be nothing to compare.
         if not res.plain.outcomes or res.plain.exit_code not in (0, 1):
             raise HarnessError(f"plain pytest did not run the suite (exit {res.plain.exit_code}):\n"
                                f"{res.plain.output_tail}")
+        if args.control:
+            print(f"== {p.label}: plain pytest again (the control)", file=sys.stderr, flush=True)
+            res.control = run_pytest(py, src, p, ["-p", "no:tach"], work / "control.xml", cache_dir, limits,
+                                     "control")
+            res.nondeterministic = control_diff(res.plain, res.control)
+            if res.nondeterministic:
+                print(f"   {len(res.nondeterministic)} tests changed between two plain runs",
+                      file=sys.stderr, flush=True)
         for m in modes:
             print(f"== {p.label}: tach --tach-isolate {m}", file=sys.stderr, flush=True)
-            run = run_pytest(py, src, p, ["-p", "tach", "--tach-workers", str(args.workers), "--tach-isolate", m],
-                             work / f"{m}.xml", cache_dir)
+            run = run_pytest(py, src, p, [*tach_args, "--tach-isolate", m], work / f"{m}.xml", cache_dir,
+                             limits, m)
             res.modes[m] = run
-            res.mismatches[m] = compare(p, res.plain, run)
+            res.mismatches[m] = compare(p, res.plain, run, res.nondeterministic)
             print(f"   {len(res.mismatches[m])} mismatches, {run.wall:.1f} s vs {res.plain.wall:.1f} s",
                   file=sys.stderr, flush=True)
         if p.cov and not args.no_coverage:
             covargs = [*(f"--cov={pkg}" for pkg in p.cov), "--cov-branch", "--cov-report="]
             print(f"== {p.label}: plain pytest with coverage", file=sys.stderr, flush=True)
             res.cov_plain = run_pytest(py, src, p, ["-p", "no:tach", *covargs], work / "plain-cov.xml", cache_dir,
-                                       work / "plain.cov")
+                                       limits, "plain with coverage", work / "plain.cov")
             res.cov_data_plain = read_coverage(py, work / "plain.cov")
             for m in modes:
                 print(f"== {p.label}: tach --tach-isolate {m} with coverage", file=sys.stderr, flush=True)
                 res.cov_modes[m] = run_pytest(
-                    py, src, p, ["-p", "tach", "--tach-workers", str(args.workers), "--tach-isolate", m, *covargs],
-                    work / f"{m}-cov.xml", cache_dir, work / f"{m}.cov")
+                    py, src, p, [*tach_args, "--tach-isolate", m, *covargs],
+                    work / f"{m}-cov.xml", cache_dir, limits, f"{m} with coverage", work / f"{m}.cov")
                 res.cov_diffs[m] = coverage_diff(res.cov_data_plain, read_coverage(py, work / f"{m}.cov"))
                 print(f"   coverage: {len(res.cov_diffs[m])} differences", file=sys.stderr, flush=True)
     except (HarnessError, OSError, subprocess.CalledProcessError) as e:
         res.error = str(e).splitlines()[0]
         print(f"   error: {e}", file=sys.stderr)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"   kept: {work} (junit files and each run's whole output, NAME.out)", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return res
+
+
+def add_project(spec: str, suites: Path) -> str:
+    """Append a stanza for NAME==VERSION to the suites file, its sdist's sha256 from
+    PyPI; returns the stanza (its tests path is a guess to check)."""
+    name, sep, version = spec.partition("==")
+    if not (sep and name and version):
+        raise HarnessError(f"--add wants NAME==VERSION, not {spec!r}")
+    req = urllib.request.Request(SIMPLE_API.format(name=name),
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            index = json.load(r)
+    except OSError as e:
+        raise HarnessError(f"--add: PyPI has no project {name!r} (or cannot be reached): {e}") from e
+    norm = name.lower().replace("-", "_").replace(".", "_")
+    for f in index["files"]:
+        fname = f["filename"]
+        if fname.endswith(".tar.gz") and fname.lower().replace("-", "_").replace(".", "_").startswith(
+                f"{norm}_{version.replace('.', '_')}_tar"):
+            stanza = (f'\n[[project]]\nname = "{name}"\nversion = "{version}"\n'
+                      f'sha256 = "{f["hashes"]["sha256"]}"\n'
+                      '# a guess: check the sdist\'s layout, and add `requires` for its test dependencies\n'
+                      'tests = ["tests"]\n')
+            with open(suites, "a") as out:
+                out.write(stanza)
+            return stanza
+    raise HarnessError(f"--add: no sdist of {name} {version} on PyPI")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,10 +582,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--in-place", action="store_true", help="use --python as it is: no venvs, no installs")
     ap.add_argument("--no-coverage", action="store_true", help="compare outcomes only, skip the coverage runs")
+    ap.add_argument("--run-timeout", type=float, default=RUN_TIMEOUT, help="seconds one pytest run may take")
+    ap.add_argument("--test-timeout", type=float, default=TEST_TIMEOUT,
+                    help="seconds one test may take under tach (its --tach-timeout)")
+    ap.add_argument("--heartbeat", type=float, default=HEARTBEAT,
+                    help="seconds a run may be quiet before the harness says it is still going")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep each project's work directory: junit files and every run's output")
+    ap.add_argument("--no-control", dest="control", action="store_false",
+                    help="skip the second plain run that tells the suite's own nondeterminism")
+    ap.add_argument("--add", metavar="NAME==VERSION",
+                    help="append a stanza for this PyPI project to the suites file (sha256 filled in)")
     default_cache = Path(os.environ.get("TACH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
                                                                Path.home() / ".cache") / "tach")
     ap.add_argument("--cache", default=str(default_cache / "parity"))
     args = ap.parse_args(argv)
+    if args.add:
+        try:
+            print(add_project(args.add, Path(args.suites)), end="")
+        except HarnessError as e:
+            print(f"parity: {e}", file=sys.stderr)
+            return 2
+        return 0
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if bad := [m for m in modes if m not in MODES]:
         ap.error(f"unknown modes {bad}; known: {list(MODES)}")
@@ -475,14 +621,14 @@ def main(argv: list[str] | None = None) -> int:
     version = subprocess.run([args.python, "-c", "import sys; print(sys.version.split()[0])"],
                              capture_output=True, text=True).stdout.strip()
     header = ("# Parity with plain pytest on real projects\n\n"
-              "Generated by `make parity` (bench/parity.py over bench/suites.toml): each project's "
+              f"Generated by `make parity` (bench/parity.py over {_shown(Path(args.suites))}): each project's "
               "own test suite from its pinned PyPI sdist, run with --junitxml under plain pytest "
               f"and under `pytest -p tach --tach-workers {args.workers}` in each isolate mode; "
               "outcomes compared per test id (junitxml classname::name). \"identical\" counts "
               "tests whose outcome matches plain pytest; × is the wall-time ratio to plain pytest "
               "(one run each, so small suites mostly measure startup).\n\n"
               f"Machine: {machine()}; tach {measured}; CPython {version}; {', '.join(pytest_req)}.")
-    report = render(results, modes, header)
+    report = render(results, modes, header, Limits(args.run_timeout, args.test_timeout, args.heartbeat))
     print(report)
     if args.out:
         Path(args.out).write_text(report)
@@ -496,6 +642,14 @@ def main(argv: list[str] | None = None) -> int:
               f"mismatches, exit-code-only differences {exit_mismatch}", file=sys.stderr)
         return 1
     return 0
+
+
+def _shown(path: Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

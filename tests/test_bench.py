@@ -3,6 +3,7 @@ not rot between the (long, downloading) full runs."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -166,3 +167,52 @@ def test_parity_compares_coverage_and_finds_a_difference(tmp_path: Path) -> None
     proc, report = _parity(tmp_path, _coverage_scenario(tmp_path, explain=True))
     assert proc.returncode == 0, proc.stderr + report
     assert "**explained**: check() sees what mark() left only in one process" in report
+
+
+FLAKY = {
+    "test_flaky.py": """
+        from pathlib import Path
+
+        RUNS = Path(__file__).with_name("runs.txt")
+
+        def test_alternates():
+            # Its outcome flips from one pytest run to the next (the suite's doing).
+            n = int(RUNS.read_text()) if RUNS.exists() else 0
+            RUNS.write_text(str(n + 1))
+            assert n % 2 == 0
+
+        def test_steady():
+            pass
+    """,
+}
+
+
+def test_parity_tells_the_suites_nondeterminism_by_a_control_run(tmp_path: Path) -> None:
+    """A test that flips between two plain runs is reported as the suite's own, not
+    counted against tach; with --no-control it is an unexplained mismatch."""
+    suites = _write_suites(tmp_path, "flaky", FLAKY, "")
+    proc, report = _parity(tmp_path, suites)
+    assert "## The suites' own nondeterminism" in report, proc.stderr
+    assert "`test_flaky::test_alternates`: plain pytest gave passed, then failed" in report
+    assert "**explained**: the suite's own nondeterminism" in report
+    assert proc.returncode == 0, proc.stderr + report
+    assert f"bench/parity.py over {suites}" in report  # the suites file it really read
+
+
+def test_parity_says_a_quiet_run_is_going_and_kills_it_at_the_limit(tmp_path: Path) -> None:
+    suites = _write_suites(tmp_path, "hangs", {"test_hang.py": """
+        import time
+        def test_hangs():
+            time.sleep(600)
+    """}, "")
+    out = tmp_path / "parity.md"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "parity.py"), "--in-place", "--suites", str(suites), "--modes", "test",
+         "--out", str(out), "--cache", str(tmp_path / "cache"), "--run-timeout", "12", "--heartbeat", "2",
+         "--keep"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    assert "hangs: plain: still running after" in proc.stderr and "last line:" in proc.stderr
+    assert "hangs: plain: killed at the 12 s limit" in proc.stderr
+    kept = next(line.split("kept: ")[1].split(" (")[0] for line in proc.stderr.splitlines() if "kept: " in line)
+    assert (Path(kept) / "plain.out").exists()
+    shutil.rmtree(kept, ignore_errors=True)
