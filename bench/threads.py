@@ -3,7 +3,10 @@ interleaved runs, median wall time (issue: "thread-stress overhead ... <= 1.3x")
 
 Also times collection (--co) of 2000 tests with and without --tach-threads, since
 thread-unsafe detection must not slow collection (tach analyses after collection, once,
-before the first fork).
+before the first fork); and measures race-finding power: of 10 trials of a natural
+unlocked `+=` race (no forced switch), how many each tool catches, on an idle machine and
+with every core kept busy. That rate depends on scheduling and load, so it is a figure
+here, never an assertion in tach's tests (those use races made certain).
 
 Usage: python bench/threads.py [--reps N] [--threads 4] [--iterations 10] [--append FILE]
 Needs pytest-run-parallel installed beside tach (for the comparison only).
@@ -12,10 +15,13 @@ Needs pytest-run-parallel installed beside tach (for the comparison only).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from engine import run_once  # bench/engine.py
@@ -33,6 +39,54 @@ def test_work_{i}(thread_index):
         SHARED[thread_index] = total
     assert total == 8995500500
 '''
+
+
+NATURAL_RACE = '''
+import pytest
+
+class Counter:
+    n = 0
+
+@pytest.fixture
+def counter(num_parallel_threads, num_iterations):
+    c = Counter()
+    yield c
+    assert c.n == num_parallel_threads * num_iterations * 200, f"lost updates: {c.n}"
+
+@pytest.mark.parametrize("trial", range(10))
+def test_unlocked(counter, trial):
+    for _ in range(200):
+        counter.n += 1  # read, add, write: another thread may write in between
+'''
+
+
+def caught(py: str, root: Path, extra: list[str]) -> int:
+    """How many of the 10 trials ended in an error (the teardown saw lost updates)."""
+    xml = root / "race.xml"
+    subprocess.run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *extra],
+                   cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    return sum(1 for case in ET.parse(xml).getroot().iter("testcase")
+               if any(child.tag in ("error", "failure") for child in case))
+
+
+def race_power(py: str, tools: dict[str, list[str]]) -> list[tuple[str, int, int]]:
+    """(tool, trials caught idle, trials caught with every core busy) for each tool."""
+    root = Path(tempfile.mkdtemp(prefix="tach-bench-race-"))
+    rows = []
+    try:
+        (root / "test_race.py").write_text(NATURAL_RACE)
+        idle = {name: caught(py, root, extra) for name, extra in tools.items()}
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+        try:
+            busy = {name: caught(py, root, extra) for name, extra in tools.items()}
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait()
+        rows = [(name, idle[name], busy[name]) for name in tools]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
 
 
 def make_suite(root: Path, n: int) -> None:
@@ -107,6 +161,13 @@ def main() -> int:
             out(f"| {name} | {m:.2f} | {m / med['tach --co']:.2f} |")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    out()
+    out(f"| natural unlocked `+=` race, {t} threads × {it} iterations | caught of 10, idle "
+        "| caught of 10, every core busy |")
+    out("|---|---:|---:|")
+    race_tools = {k: v for k, v in tools.items() if k != "tach --tach-isolate none"}
+    for name, idle, busy in race_power(py, race_tools):
+        out(f"| {name} | {idle} | {busy} |")
     if args.append:
         with open(args.append, "a") as f:
             f.write("\n" + "\n".join(lines) + "\n")
