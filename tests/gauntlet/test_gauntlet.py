@@ -158,6 +158,38 @@ def test_the_main_process_signalled(suite: Path, sig: int) -> None:
     assert not r.out.count("Traceback (most recent call last)") > 1, r.out[-3000:]
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_ctrl_c_while_a_session_teardown_hangs(suite: Path, mode: str) -> None:
+    """Plain pytest, interrupted in a hanging teardown, stops there; tach stops the run
+    too: what is still tearing down is killed after a bound, and nothing is left."""
+    write(suite, conftest="""
+        import os, time, pytest
+        HERE = os.path.dirname(__file__)
+        @pytest.fixture(scope="session")
+        def sess():
+            yield
+            open(os.path.join(HERE, "teardown-started"), "w").close()
+            time.sleep(600)
+    """, test_t="""
+        import pytest
+        @pytest.mark.parametrize("i", range(4))
+        def test_x(i, sess): pass
+    """)
+
+    def interrupt(proc: subprocess.Popen[bytes]) -> None:
+        wait_for(lambda: (suite / "teardown-started").exists(), "the session teardown")
+        proc.send_signal(signal.SIGINT)
+
+    r = run(suite, "--tach-isolate", mode, "--tach-workers", "2", during=interrupt)
+    assert not _tach_traceback(r), r.out[-3000:]
+    assert r.rc == pytest.ExitCode.INTERRUPTED, r.out[-3000:]
+    r.no_phase_twice()
+    # The tests before the last one passed; the last one, whose process was tearing the
+    # session down, has its setup and call reports unreplayed: plain pytest shows its
+    # pass before the teardown hangs (a difference left open in issue 18's note).
+    assert all(r.outcome(f"test_t.py::test_x[{i}]") == "passed" for i in range(3))
+
+
 @pytest.mark.parametrize("moment", range(MOMENTS))
 def test_ctrl_c_at_any_moment(suite: Path, moment: int) -> None:
     """SIGINT at 20 moments spread over a run's life, from the end of collection (the
