@@ -15,9 +15,15 @@ from pathlib import Path
 import pytest
 from harness import TACH_TRACEBACK, Run, collected, run, wait_for
 
-#: `make gauntlet` runs every case in full, under load, on the main interpreter; the
-#: other interpreters' runs take a part (one mode, one repeat, fewer moments)
+from conftest import FREE_THREADED
+
+#: `make gauntlet` runs every case in full, under load, on the main interpreter. What it
+#: tests is tach's handling of processes, the same on every GIL build: of the other
+#: interpreters' runs, the free-threaded one alone takes a part (one mode, one repeat,
+#: fewer moments), for its own runtime.
 FULL = os.environ.get("TACH_GAUNTLET") == "full"
+pytestmark = pytest.mark.skipif(not (FULL or FREE_THREADED),
+                                reason="make gauntlet runs it on the main interpreter; in part on 3.13t")
 MODES = ["test", "module", "none"] if FULL else ["test"]
 #: how many times each cheap case runs: a fault that shows one run in a few must show here
 REPEAT = 3 if FULL else 1
