@@ -259,6 +259,59 @@ def test_a_test_leaves_a_daemon_behind(suite: Path, mode: str) -> None:
         assert r.check() == dict.fromkeys(r.selected, "passed")
 
 
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "none"])
+def test_children_a_test_leaves_are_reaped_as_they_exit(suite: Path, mode: str) -> None:
+    """Each test leaves a child that exits at once, never waited for: when the test's
+    process exits, the zombie goes to the run's subreaper (the root zygote), which must
+    reap it then, not at the end of the run (each would hold a pid meanwhile). (Not in
+    `none`, whose long-lived processes could give the checking test a batch with leaking
+    tests after it: the check would wait for them.)"""
+    write(suite, conftest=KILLER, test_leak="""
+        import subprocess, pytest
+        import os
+        LEAKS = os.path.join(os.path.dirname(__file__), "leaks.txt")
+        @pytest.mark.parametrize("i", range(400))
+        def test_leak(i):
+            subprocess.Popen(["true"])  # never waited for
+            with open(LEAKS, "a") as f:
+                f.write("x")
+    """, test_zz="""
+        import os, time
+        from conftest import ancestors
+        def zombies_of(root):
+            n = 0
+            for task in os.listdir(f"/proc/{root}/task"):
+                with open(f"/proc/{root}/task/{task}/children") as f:
+                    for pid in f.read().split():
+                        try:
+                            with open(f"/proc/{pid}/stat") as st:
+                                n += st.read().rsplit(")", 1)[1].split()[0] == "Z"
+                        except OSError:
+                            pass
+            return n
+
+        def wait_until(what, bound):
+            deadline = time.monotonic() + bound
+            while not what():
+                assert time.monotonic() < deadline, what.__doc__
+                time.sleep(0.05)
+
+        def test_root_holds_few_zombies():
+            root = ancestors()[-1]
+            leaks = os.path.join(os.path.dirname(__file__), "leaks.txt")
+            def all_leaked():
+                "every leaking test has run (it may run beside this one)"
+                return os.path.exists(leaks) and len(open(leaks).read()) == 400
+            def reaped():
+                "the root zygote reaped the leaks (each re-parented to it as a zombie)"
+                return zombies_of(root) < 50
+            wait_until(all_leaked, 300)
+            wait_until(reaped, 120)  # bounds for a loaded machine; without reaping, never
+    """)
+    r = run(suite, "--tach-isolate", mode, "--tach-reset", "fork", "--tach-workers", "2")
+    assert set(r.check().values()) == {"passed"}, r.out[-3000:]
+
+
 @pytest.mark.parametrize("how", ["close", "dup2", "garbage"])
 @pytest.mark.parametrize("mode", MODES)
 def test_a_test_abuses_every_fd_it_did_not_open(suite: Path, mode: str, how: str) -> None:

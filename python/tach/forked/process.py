@@ -66,6 +66,8 @@ class Context:
     #: by item index: its fixture definitions with the ones it reached at run time in an
     #: earlier run (plan.resolve), for the items that did
     reached_defs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: the root zygote's part as the run's subreaper
+    strays: Strays = field(default_factory=lambda: Strays())
 
     def fixture_defs(self, index: int) -> dict[str, Any]:
         """What item `index`'s request resolves fixture names to."""
@@ -95,12 +97,62 @@ def die_with_parent(parent: int) -> None:
         os._exit(70)
 
 
-def adopt_strays() -> None:
-    """Become the run's subreaper: a process a test leaves running (a daemon it
-    double-forked or started in a session of its own) is re-parented here when its
-    parent exits, instead of to init, so that reap_strays can end it with the run."""
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+class Strays:
+    """The run's subreaper (the root zygote): a process a test leaves running (a daemon
+    it double-forked or started in a session of its own) is re-parented here when its
+    parent exits, instead of to init. Those that exit during the run are reaped as they
+    do (SIGCHLD wakes the zygote's poll loop through ``fd``), or each would hold a pid
+    until the run ends; ``reap_strays`` ends the rest with the run."""
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self._w = -1
+
+    def adopt(self) -> int:
+        """Become the subreaper; returns the fd to poll for SIGCHLD (-1 without prctl)."""
+        if _LIBC is None or _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            return -1
+        self.fd, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, _ignore)  # a handler, so that the wakeup fd is written
+        return self.fd
+
+    def reap_exited(self, known: set[int]) -> None:
+        """Reap the children that exited and are not the zygote's own (``known``: it
+        reaps those itself, through their pidfds)."""
+        try:
+            while os.read(self.fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        for pid in children():
+            if pid not in known and _state(pid) == "Z":
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+    def forget(self) -> None:
+        """In a child: the subreaper's handler and fds are its parent's."""
+        if self.fd < 0:
+            return
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(self.fd)
+        os.close(self._w)
+        self.fd = self._w = -1
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """SIGCHLD's handler: the wakeup fd does the work."""
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
 
 
 def reap_strays() -> list[str]:
@@ -129,8 +181,16 @@ def reap_strays() -> list[str]:
 
 
 def children() -> list[int]:
-    """This process's children (zombies included), from /proc: every process's stat
-    (a task's children file needs CONFIG_PROC_CHILDREN, which not every kernel has)."""
+    """This process's children (zombies included), from /proc: its tasks' children
+    files where the kernel has them (CONFIG_PROC_CHILDREN), else every process's stat."""
+    out: list[int] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                out += [int(p) for p in f.read().split()]
+        return out
+    except OSError:
+        pass
     me, out = os.getpid(), []
     for name in os.listdir("/proc"):
         if not name.isdigit():

@@ -20,7 +20,6 @@ from tach import forksafe, frames, handover, protocol, setuphooks
 from tach.forked import scopes
 from tach.forked.process import (
     Context,
-    adopt_strays,
     connect,
     connected_sockets,
     die_with_parent,
@@ -79,6 +78,9 @@ class Zygote:
         self.poller.register(self.conn.fileno(), select.POLLIN)
         for fd in self.children:
             self.poller.register(fd, select.POLLIN)
+        strays = self.ctx.strays.fd if self.depth == 0 else -1
+        if strays >= 0:
+            self.poller.register(strays, select.POLLIN)
         self.conn.settimeout(None)
         while True:
             try:
@@ -96,6 +98,8 @@ class Zygote:
                     self.command(msg)
                 elif fd in self.children:
                     self.reap(fd)
+                elif fd == strays:
+                    self.ctx.strays.reap_exited(set(self.children.values()))
                 else:
                     self.source.readable(fd)
                 if self.fds_changed:
@@ -327,6 +331,7 @@ class Zygote:
         """Common setup right after fork in a child of this zygote (role: what it is,
         zygote or runner)."""
         die_with_parent(os.getppid())
+        self.ctx.strays.forget()
         handover.forked(self.ctx.session.config, role)
         for fd in self.children:
             os.close(fd)
@@ -372,7 +377,7 @@ def start_root(ctx: Context, own_group: bool = True) -> int:
         # Zygotes never act on Ctrl-C themselves: the main process stops the run.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         die_with_parent(main_pid)
-        adopt_strays()
+        ctx.strays.adopt()
         config = ctx.session.config
         silence_terminal(config)
         handover.drop_main_only(config)
