@@ -54,11 +54,11 @@ func (s *Supervisor) checkTimers(now time.Time) {
 	}
 	for _, r := range s.live {
 		t := r.current
-		if t != nil && !t.finished && !t.stopped && !t.timedOut &&
-			(checkStops || (!t.deadline.IsZero() && t.pausedAt.IsZero() && now.After(t.deadline))) {
+		due := t != nil && !t.deadline.IsZero() && t.pausedAt.IsZero() && now.After(t.deadline)
+		if t != nil && !t.finished && !t.stopped && !t.timedOut && (checkStops || due) {
 			s.checkStopped(r, t, now)
 		}
-		if t != nil && !t.deadline.IsZero() && t.pausedAt.IsZero() && now.After(t.deadline) && !t.timedOut && !t.stopped {
+		if due && !t.timedOut && !t.stopped {
 			t.timedOut = true
 			signalPidfd(r.pidfd, unix.SIGUSR1) // faulthandler dumps every thread's stack
 			r.killAt = now.Add(grace)

@@ -155,17 +155,14 @@ def _state(pid: int) -> str:
         return ""
 
 
-def reap_strays() -> list[str]:
+def reap_strays() -> None:
     """Kill and reap every child this process still has: called once its own children
-    (zygotes, test processes) are reaped, what is left are strays adopt_strays took in.
-    Returns them, described, for the record."""
-    killed: list[str] = []
+    (zygotes, test processes) are reaped, what is left are strays Strays.adopt took in."""
     for _ in range(_STRAY_ROUNDS):
         pids = children()
         if not pids:
             break
         for pid in pids:
-            killed.append(f"{pid} ({_cmdline(pid)})")
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -177,7 +174,6 @@ def reap_strays() -> list[str]:
                 break
             except InterruptedError:
                 continue
-    return killed
 
 
 def children() -> list[int]:
@@ -203,14 +199,6 @@ def children() -> list[int]:
         if ppid == me:
             out.append(int(name))
     return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
-    except OSError:
-        return "?"
 
 
 def connect(path: str) -> socket.socket:
