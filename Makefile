@@ -11,6 +11,7 @@
 #   make ext         rebuild the Go extension in place (after `make dev`)
 #   make bench       synthetic suites: tach vs pytest, xdist, forked; coverage's cost -> docs/benchmarks.md
 #   make parity      real projects' suites: tach vs plain pytest outcomes -> docs/parity.md
+#   make soak        the same, each mode three times: flakes and whose they are -> docs/soak.md
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -29,7 +30,7 @@ MORE_PYTHONS ?= $(sort $(wildcard $(PYENV_ROOT)/versions/3.1[0-9].*/bin/python3)
 export GOTOOLCHAIN := local
 export TACH_CACHE
 
-.PHONY: test go-check lint py-test gauntlet py-test-more py-test-ft python-ft demo dev ext bench parity clean
+.PHONY: test go-check lint py-test gauntlet py-test-more py-test-ft python-ft demo dev ext bench parity soak clean
 
 test: go-check lint py-test gauntlet py-test-more py-test-ft
 	@echo "make test: all checks passed"
@@ -119,6 +120,10 @@ bench:
 
 parity:
 	$(PYTHON) bench/parity.py --out docs/parity.md $(PARITY_ARGS)
+
+# The soak: every mode three times in a row; a test whose outcome changes is a flake.
+soak:
+	$(PYTHON) bench/parity.py --repeat 3 --no-coverage --out docs/soak.md $(PARITY_ARGS)
 
 dev:
 	$(PYTHON) -m pip install -e .

@@ -330,6 +330,21 @@ def control_diff(first: Run, second: Run) -> dict[str, str]:
     return out
 
 
+def soak_diff(p: Project, runs: list[Run], nondeterministic: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Tests whose outcome under tach was not the same in every run: what each run
+    gave, and whose nondeterminism it is when known (the suites file's explanation, or
+    the control run's; empty: unexplained, so tach's until shown otherwise)."""
+    out = {}
+    for tid in sorted(set().union(*(r.outcomes for r in runs))):
+        seen = ["/".join(r.outcomes.get(tid, ["missing"])) for r in runs]
+        if len(set(seen)) > 1:
+            why = p.explain.get(tid) or next((v for k, v in p.explain.items() if fnmatch.fnmatchcase(tid, k)), "")
+            if not why and tid in nondeterministic:
+                why = f"the suite's own nondeterminism: {nondeterministic[tid]}"
+            out[tid] = (", then ".join(seen), why)
+    return out
+
+
 # -- coverage ------------------------------------------------------------------------
 
 #: prints a coverage.py data file as JSON: {file: [lines, arcs]}
@@ -386,13 +401,18 @@ class Result:
     cov_modes: dict[str, Run] = field(default_factory=dict)
     cov_data_plain: dict[str, list[list[object]]] = field(default_factory=dict)
     cov_diffs: dict[str, list[str]] = field(default_factory=dict)
+    #: with --repeat: every run of each mode (the first is modes[m]), and the tests whose
+    #: outcome under tach changed between them -> (what each run gave, whose it is)
+    repeats: dict[str, list[Run]] = field(default_factory=dict)
+    flaky: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
 
     def identical(self, mode: str) -> bool:
         return (self.plain is not None and mode in self.modes and not self.mismatches[mode]
                 and self.modes[mode].exit_code == self.plain.exit_code)
 
     def unexplained(self) -> int:
-        return sum(1 for ms in self.mismatches.values() for m in ms if not m.explanation)
+        return (sum(1 for ms in self.mismatches.values() for m in ms if not m.explanation)
+                + sum(1 for fl in self.flaky.values() for _, whose in fl.values() if not whose))
 
     def coverage_unexplained(self) -> list[str]:
         return [m for m, d in self.cov_diffs.items() if d and m not in self.project.cov_explain]
@@ -468,6 +488,28 @@ def render(results: list[Result], modes: list[str], header: str, limits: Limits 
             if run.exit_code is None or (r.plain and r.plain.exit_code is None):
                 lines += ["", f"{r.project.label} `{m}` hit the {limits.run_s:g} s limit:", "```",
                           run.output_tail, "```"]
+    soaked = [r for r in results if any(len(v) > 1 for v in r.repeats.values())]
+    if soaked:
+        n_runs = max(len(v) for r in soaked for v in r.repeats.values())
+        lines += ["", "## Soak", "",
+                  f"Each mode run {n_runs} times in a row: the tests whose outcome under tach was not "
+                  "the same every time (a flake), with whose nondeterminism it is.", "",
+                  "| project | " + " | ".join(f"`{m}`" for m in modes) + " |",
+                  "|---|" + "---|" * len(modes)]
+        for r in soaked:
+            cells = []
+            for m in modes:
+                fl = r.flaky.get(m, {})
+                bad = sum(1 for _, whose in fl.values() if not whose)
+                cells.append("same each time" if not fl else
+                             f"{len(fl)} flaky" + (f", **{bad} unexplained**" if bad else ", all the suite's"))
+            lines.append(f"| {r.project.label} | " + " | ".join(cells) + " |")
+        for r in soaked:
+            for m, fl in r.flaky.items():
+                if fl:
+                    lines += ["", f"{r.project.label} `{m}`:"]
+                    lines += [f"- `{tid}`: {seen}" + (f" — {whose}" if whose else " — **unexplained**")
+                              for tid, (seen, whose) in list(fl.items())[:20]]
     shaky = [r for r in results if r.nondeterministic]
     if shaky:
         lines += ["", "## The suites' own nondeterminism", "",
@@ -513,13 +555,23 @@ def run_project(p: Project, args: argparse.Namespace, pytest_req: list[str], whe
                 print(f"   {len(res.nondeterministic)} tests changed between two plain runs",
                       file=sys.stderr, flush=True)
         for m in modes:
-            print(f"== {p.label}: tach --tach-isolate {m}", file=sys.stderr, flush=True)
-            run = run_pytest(py, src, p, [*tach_args, "--tach-isolate", m], work / f"{m}.xml", cache_dir,
-                             limits, m)
-            res.modes[m] = run
-            res.mismatches[m] = compare(p, res.plain, run, res.nondeterministic)
-            print(f"   {len(res.mismatches[m])} mismatches, {run.wall:.1f} s vs {res.plain.wall:.1f} s",
-                  file=sys.stderr, flush=True)
+            runs = res.repeats.setdefault(m, [])
+            for i in range(args.repeat):
+                again = f" (run {i + 1} of {args.repeat})" if args.repeat > 1 else ""
+                print(f"== {p.label}: tach --tach-isolate {m}{again}", file=sys.stderr, flush=True)
+                name = m if i == 0 else f"{m}.{i + 1}"
+                run = run_pytest(py, src, p, [*tach_args, "--tach-isolate", m], work / f"{name}.xml",
+                                 cache_dir, limits, name)
+                runs.append(run)
+                found = compare(p, res.plain, run, res.nondeterministic)
+                print(f"   {len(found)} mismatches, {run.wall:.1f} s vs {res.plain.wall:.1f} s",
+                      file=sys.stderr, flush=True)
+                if i == 0:
+                    res.modes[m], res.mismatches[m] = run, found
+            if len(runs) > 1:
+                res.flaky[m] = soak_diff(p, runs, res.nondeterministic)
+                if res.flaky[m]:
+                    print(f"   {len(res.flaky[m])} tests changed between the {m} runs", file=sys.stderr, flush=True)
         if p.cov and not args.no_coverage:
             covargs = [*(f"--cov={pkg}" for pkg in p.cov), "--cov-branch", "--cov-report="]
             print(f"== {p.label}: plain pytest with coverage", file=sys.stderr, flush=True)
@@ -591,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep each project's work directory: junit files and every run's output")
     ap.add_argument("--no-control", dest="control", action="store_false",
                     help="skip the second plain run that tells the suite's own nondeterminism")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="the soak: run each mode N times and report tests whose outcome changed")
     ap.add_argument("--add", metavar="NAME==VERSION",
                     help="append a stanza for this PyPI project to the suites file (sha256 filled in)")
     default_cache = Path(os.environ.get("TACH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
@@ -604,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"parity: {e}", file=sys.stderr)
             return 2
         return 0
+    if args.repeat < 1:
+        ap.error("--repeat wants a count of 1 or more")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if bad := [m for m in modes if m not in MODES]:
         ap.error(f"unknown modes {bad}; known: {list(MODES)}")

@@ -95,11 +95,11 @@ def _scenario(tmp_path: Path, explain: bool) -> Path:
     return _write_suites(tmp_path, "scenario", SCENARIO, explanation)
 
 
-def _parity(tmp_path: Path, suites: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+def _parity(tmp_path: Path, suites: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], str]:
     out = tmp_path / "parity.md"
     proc = subprocess.run(
         [sys.executable, str(BENCH / "parity.py"), "--in-place", "--suites", str(suites),
-         "--modes", "test,module", "--out", str(out), "--cache", str(tmp_path / "cache")],
+         "--modes", "test,module", "--out", str(out), "--cache", str(tmp_path / "cache"), *extra],
         capture_output=True, text=True, timeout=600)
     return proc, out.read_text() if out.exists() else ""
 
@@ -200,6 +200,24 @@ def test_parity_tells_the_suites_nondeterminism_by_a_control_run(tmp_path: Path)
     assert "**explained**: the suite's own nondeterminism" in report
     assert proc.returncode == 0, proc.stderr + report
     assert f"bench/parity.py over {suites}" in report  # the suites file it really read
+
+
+@pytest.mark.skipif(not FULL_MATRIX, reason="the harness is the same on every interpreter: 3.11 and 3.12 run it")
+def test_the_soak_reports_a_test_whose_outcome_changes_between_runs(tmp_path: Path) -> None:
+    """--repeat runs each mode again: a test that flips from run to run is a flake, the
+    suite's when the control saw it flip too; without the control it is unexplained and
+    the harness fails. A steady test is not listed."""
+    suites = _write_suites(tmp_path, "flaky", FLAKY, "")
+    proc, report = _parity(tmp_path, suites, "--repeat", "3", "--modes", "test")
+    assert "## Soak" in report and "Each mode run 3 times" in report, proc.stderr
+    assert "| flaky | 1 flaky, all the suite's |" in report
+    assert "- `test_flaky::test_alternates`: passed, then failed, then passed — the suite's own" in report
+    assert "test_steady" not in report.split("## Soak")[1]
+    assert proc.returncode == 0, proc.stderr + report
+    proc, report = _parity(tmp_path, _write_suites(tmp_path, "flaky2", FLAKY, ""), "--repeat", "2",
+                           "--modes", "module", "--no-control")
+    assert "1 flaky, **1 unexplained**" in report, proc.stderr + report
+    assert proc.returncode == 1
 
 
 @pytest.mark.skipif(not FULL_MATRIX, reason="the harness is the same on every interpreter: 3.11 and 3.12 run it")
