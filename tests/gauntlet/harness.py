@@ -105,13 +105,14 @@ class Run:
 
 def run(path: Path, *args: str, during: Callable[[subprocess.Popen[bytes]], None] | None = None,
         preexec: Callable[[], None] | None = None, timeout: float = 600,
-        expect_main_alive: bool = True) -> Run:
-    """Run pytest -p tach in path; `during` gets the process while it runs."""
+        expect_main_alive: bool = True, env: dict[str, str] | None = None) -> Run:
+    """Run pytest -p tach in path (env: added to the environment); `during` gets the
+    process while it runs."""
     (path / "gauntlet_probe.py").write_text(PROBE)
     token = uuid.uuid4().hex
     log = path / f"reports-{token}.jsonl"
     out_path = path / f"out-{token}.txt"
-    env = {**os.environ, "GAUNTLET_TOKEN": token, "GAUNTLET_LOG": str(log),
+    env = {**os.environ, **(env or {}), "GAUNTLET_TOKEN": token, "GAUNTLET_LOG": str(log),
            "PYTHONPATH": os.pathsep.join(p for p in (str(path), os.environ.get("PYTHONPATH")) if p)}
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(

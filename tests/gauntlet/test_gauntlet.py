@@ -124,6 +124,62 @@ def test_a_zygote_killed_mid_run(suite: Path, mode: str, which: str) -> None:
             assert "tach could not run" in r.out or "zygote for" in r.out, r.out[-3000:]
 
 
+# -- a reused test process killed while it restores ------------------------------------
+
+RESTORED = """
+    import os, pytest
+
+    STATE = []  # a test that finds something here ran on memory not put back
+
+    @pytest.fixture(scope="session")
+    def sess():
+        return [1]
+
+    @pytest.fixture(scope="module")
+    def mod(sess):
+        return [2]
+
+    def check(i, tmp_dir):
+        assert STATE == [], STATE
+        STATE.append(i)
+        with open(os.path.join(tmp_dir, f"ran-{os.getpid()}"), "a") as f:
+            f.write(f"{i}\\n")
+"""
+
+
+@pytest.mark.parametrize("die_at", [1, 2, 3])
+def test_a_reused_process_killed_while_it_restores(suite: Path, die_at: int) -> None:
+    """A reusable test process (isolate test, snapshot reset) is SIGKILLed halfway
+    through its die_at-th restore, its memory half put back (tach's fault point,
+    TACH_FAULT_RESTORE): the test it ran keeps its outcome, the next runs in a fresh
+    process, and the processes that do restore hand each test memory as it was."""
+    from tach import _reset
+
+    if _reset.probe() is not None:
+        pytest.skip(f"snapshot/restore: {_reset.probe()}")
+    write(suite, conftest=RESTORED, **{f"test_r{k}": f"""
+        import pytest
+        from conftest import check
+
+        @pytest.mark.parametrize("i", range(10))
+        def test_r(i, mod):
+            check({k} * 100 + i, {str(suite)!r})
+    """ for k in range(3)})
+    for _ in range(REPEAT):
+        for old in suite.glob("ran-*"):
+            old.unlink()
+        r = run(suite, "--tach-isolate", "test", "--tach-reset", "snapshot", "--tach-workers", "2",
+                env={"TACH_FAULT_RESTORE": str(die_at)})
+        assert set(r.check().values()) == {"passed"}, r.out[-3000:]
+        per_process = [len(f.read_text().split()) for f in suite.glob("ran-*")]
+        assert sum(per_process) == 30
+        # Each process died at its die_at-th restore (ran die_at tests at most); with
+        # die_at > 1 processes were restored and reused before that.
+        assert max(per_process) <= die_at, per_process
+        if die_at > 1:
+            assert max(per_process) == die_at, per_process
+
+
 # -- the main process stopped from outside -----------------------------------------------
 
 SLEEPERS = """

@@ -80,6 +80,8 @@ static PyObject *reset_snapshot(PyObject *self, PyObject *args)
     M->uffd = M->pagemap = M->cwd = M->fddir = M->mapsfd = -1;
     M->golden = NULL;
     M->after_protect = 1; /* everything present is protected below */
+    const char *fault = getenv("TACH_FAULT_RESTORE");
+    M->die_at = fault != NULL ? strtol(fault, NULL, 10) : 0;
 
     int threads = count_threads();
     if (threads != 1) {

@@ -143,6 +143,12 @@ struct meta {
     struct fdinfo now[MAX_FDS]; /* fds open when plan() ran: restore closes the new ones */
     int nnow;
 
+    /* The gauntlet's fault: the restore with this number (1-based, counted per
+     * process) kills the process halfway through, its memory half put back; 0: never.
+     * From TACH_FAULT_RESTORE at the snapshot, so that a test can kill a reused
+     * process mid-restore deterministically (tests/gauntlet). */
+    long die_at;
+
     /* counters for stats() */
     long pages, ranges, recreated, unmapped, closed, protects;
 };

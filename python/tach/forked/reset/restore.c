@@ -224,6 +224,8 @@ static void __attribute__((noreturn)) restore_on_alt_stack(void)
     /* Pages written since the snapshot (or left unprotected by the last restore) ... */
     long before = M->pages;
     restore_pages(WRITTEN_INV, WRITTEN_MASK, WRITTEN_ANY, PAGE_IS_WRITTEN, 0);
+    if (M->die_at == M->restores + 1)
+        syscall(SYS_kill, syscall(SYS_getpid), SIGKILL);
     /* ... and pages dropped since (MADV_DONTNEED leaves neither a page nor a marker). */
     restore_pages(DROPPED_INV, DROPPED_MASK, DROPPED_ANY, PAGE_IS_WPALLOWED, 1);
     protect_again(M->pages - before);
