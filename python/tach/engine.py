@@ -36,10 +36,27 @@ DURATIONS_KEY = "tach/durations"
 _MEMORY_DIRS = ("/dev/shm",)  # noqa: S108 - mkdtemp makes a 0700 directory in it
 
 
+#: what a memory directory must have free to hold the run's files: each runner's fault
+#: dump (a crash's or a timeout's stacks, KiBs; every thread of a big suite, more) and
+#: the socket. A full /dev/shm still lets mkdtemp make a directory, then loses every
+#: dump written there: the next candidate is used instead.
+_MIN_FREE_BYTES = 16 << 20
+_MIN_FREE_INODES = 1024
+
+
+def _has_room(path: str) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    inodes_ok = st.f_files == 0 or st.f_favail >= _MIN_FREE_INODES  # 0: not counted here
+    return st.f_bavail * st.f_frsize >= _MIN_FREE_BYTES and inodes_ok
+
+
 def _private_dir() -> str:
-    """A 0700 directory for the socket and the dump files, in memory when possible;
-    the socket's path must fit in sun_path (108 bytes)."""
-    for parent in (*_MEMORY_DIRS, None):
+    """A 0700 directory for the socket and the dump files, in memory when possible (and
+    there is room); the socket's path must fit in sun_path (108 bytes)."""
+    for parent in (*(d for d in _MEMORY_DIRS if _has_room(d)), None):
         try:
             d = tempfile.mkdtemp(prefix="tach-", dir=parent)
         except OSError:

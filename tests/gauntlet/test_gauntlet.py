@@ -6,6 +6,7 @@ exit code. Where plain pytest would have died too, the report must say what happ
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -432,6 +433,56 @@ def test_a_low_open_file_limit(suite: Path) -> None:
         r = run(suite, "--tach-isolate", mode, "--tach-workers", "4", preexec=low)
         outcomes = r.check()
         assert set(outcomes.values()) == {"passed"}, r.out[-3000:]
+
+
+def _full_dev_shm() -> None:
+    """(In the run's process, before exec.) A mount namespace of the run's own, with a
+    64 KiB tmpfs on /dev/shm, filled: what a full /dev/shm looks like to tach, without
+    filling the machine's."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newns, ms_rec, ms_private = 0x20000, 0x4000, 0x40000
+    if (libc.unshare(clone_newns) or libc.mount(b"none", b"/", None, ms_rec | ms_private, None)
+            or libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", 0, b"size=64k")):
+        raise OSError(ctypes.get_errno(), "a private /dev/shm")
+    fd = os.open("/dev/shm/fill", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass  # ENOSPC: full
+    os.close(fd)
+
+
+def _can_mount() -> bool:
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs a mount namespace of its own (root, unshare)")
+def test_a_full_dev_shm(suite: Path) -> None:
+    """/dev/shm full: tach's private directory goes elsewhere, and what it writes there
+    (a crash's or a timeout's stacks) still reaches the report."""
+    write(suite, test_f="""
+        import ctypes, os, time, pytest
+        def test_shm_is_full():
+            assert os.statvfs("/dev/shm").f_bavail == 0
+        def test_segv():
+            ctypes.string_at(0)
+        def test_hang():
+            time.sleep(600)
+        @pytest.mark.parametrize("i", range(6))
+        def test_p(i): pass
+    """)
+    for mode in MODES:
+        r = run(suite, "--tach-isolate", mode, "--tach-workers", "2", "--tach-timeout", "5",
+                preexec=_full_dev_shm)
+        outcomes = r.check()
+        assert outcomes.pop("test_f.py::test_segv") == "failed" and outcomes.pop("test_f.py::test_hang") == "failed"
+        assert set(outcomes.values()) == {"passed"}, r.out[-3000:]
+        # the dumps written to the private directory: each failing test's own line
+        assert re.search(r'test_f.py", line 6 in test_segv', r.out), r.out[-3000:]
+        assert re.search(r'test_f.py", line 8 in test_hang', r.out), r.out[-3000:]
 
 
 @pytest.mark.skipif(not FULL, reason="in full only (make gauntlet): it takes long")
