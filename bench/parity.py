@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -237,7 +238,11 @@ def run_pytest(py: str, cwd: Path, p: Project, extra: list[str], junit: Path, ca
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        code = _wait(proc, out_path, t0, limits, f"{p.label}: {what}")
+        try:
+            code = _wait(proc, out_path, t0, limits, f"{p.label}: {what}")
+        except BaseException:  # Ctrl-C or SIGTERM of the harness: the run goes with it
+            _kill_group(proc)
+            raise
     wall = time.perf_counter() - t0
     text = out_path.read_text(errors="replace")
     outcomes, messages = parse_junit(junit) if junit.exists() else ({}, {})
@@ -251,11 +256,7 @@ def _wait(proc: subprocess.Popen[bytes], out_path: Path, t0: float, limits: Limi
     while True:
         now = time.perf_counter()
         if now - t0 > limits.run_s:
-            try:
-                os.killpg(proc.pid, 9)
-            except OSError:
-                pass
-            proc.wait()
+            _kill_group(proc)
             print(f"   {label}: killed at the {limits.run_s:g} s limit", file=sys.stderr, flush=True)
             return None
         try:
@@ -270,6 +271,18 @@ def _wait(proc: subprocess.Popen[bytes], out_path: Path, t0: float, limits: Limi
             last = _last_line(out_path)
             print(f"   {label}: still running after {time.perf_counter() - t0:.0f} s, quiet for "
                   f"{limits.heartbeat_s:g} s; last line: {last!r}", file=sys.stderr, flush=True)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    proc.wait()
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _last_line(path: Path) -> str:
@@ -673,7 +686,6 @@ def main(argv: list[str] | None = None) -> int:
     measured = commit()  # what the wheel is built from (the checkout may move on meanwhile)
     if not args.in_place:
         wheel = build_tach_wheel(args.python, Path(args.cache) / "wheel")
-    results = [run_project(p, args, pytest_req, wheel, modes) for p in projects]
     version = subprocess.run([args.python, "-c", "import sys; print(sys.version.split()[0])"],
                              capture_output=True, text=True).stdout.strip()
     header = ("# Parity with plain pytest on real projects\n\n"
@@ -684,7 +696,21 @@ def main(argv: list[str] | None = None) -> int:
               "tests whose outcome matches plain pytest; × is the wall-time ratio to plain pytest "
               "(one run each, so small suites mostly measure startup).\n\n"
               f"Machine: {machine()}; tach {measured}; CPython {version}; {', '.join(pytest_req)}.")
-    report = render(results, modes, header, Limits(args.run_timeout, args.test_timeout, args.heartbeat))
+    limits = Limits(args.run_timeout, args.test_timeout, args.heartbeat)
+    results: list[Result] = []
+    signal.signal(signal.SIGTERM, _interrupted)
+    for p in projects:
+        try:
+            results.append(run_project(p, args, pytest_req, wheel, modes))
+        except KeyboardInterrupt:
+            print(f"parity: interrupted in {p.label}"
+                  + (f"; {args.out} has the projects done before it" if args.out and results else ""),
+                  file=sys.stderr)
+            return 130
+        if args.out and len(results) < len(projects):  # what is done so far survives a stop
+            Path(args.out).write_text(render(results, modes, header + f"\n\n**In progress**: {len(results)} "
+                                             f"of {len(projects)} projects so far.", limits))
+    report = render(results, modes, header, limits)
     print(report)
     if args.out:
         Path(args.out).write_text(report)

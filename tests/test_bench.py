@@ -238,3 +238,43 @@ def test_parity_says_a_quiet_run_is_going_and_kills_it_at_the_limit(tmp_path: Pa
     kept = next(line.split("kept: ")[1].split(" (")[0] for line in proc.stderr.splitlines() if "kept: " in line)
     assert (Path(kept) / "plain.out").exists()
     shutil.rmtree(kept, ignore_errors=True)
+
+
+@pytest.mark.skipif(not FULL_MATRIX, reason="the harness is the same on every interpreter: 3.11 and 3.12 run it")
+def test_parity_stopped_takes_its_run_with_it(tmp_path: Path) -> None:
+    """SIGTERM (or Ctrl-C) of the harness mid-run: the pytest run it started goes too, and
+    the harness says where it stopped."""
+    import os
+    import signal
+    import time
+
+    suites = _write_suites(tmp_path, "stopped", {"test_hang.py": """
+        import time
+        def test_hangs():
+            time.sleep(600)
+    """}, "")
+    err = tmp_path / "stderr"
+    with open(err, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "parity.py"), "--in-place", "--suites", str(suites), "--modes", "test",
+             "--cache", str(tmp_path / "cache"), "--heartbeat", "1"], stdout=subprocess.DEVNULL, stderr=f)
+    deadline = time.monotonic() + 120  # a bound for a loaded machine, not a measure
+    while "still running" not in err.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+        time.sleep(0.1)
+
+    def runs() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if b"tach-parity-stopped-" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    assert runs()  # the hanging run, going
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    assert "parity: interrupted in stopped" in err.read_text()
+    assert not runs()
