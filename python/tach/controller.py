@@ -122,9 +122,13 @@ class Controller:
         self.core.stop(msgpack.packb({"mode": mode}))
         self.stopping = True
 
+    def _interrupted(self) -> bool:
+        """Ctrl-C or SIGTERM here, or a test raised KeyboardInterrupt."""
+        return self.interrupted or bool(self.abort is not None and self.abort.get("interrupt"))
+
     def finish(self) -> None:
         """After the cleanup: end the session the way the run ended."""
-        if self.interrupted or (self.abort is not None and self.abort.get("interrupt")):
+        if self._interrupted():
             raise KeyboardInterrupt() from None
         if self.abort is not None:
             pytest.exit(self.abort["reason"], returncode=self.abort["code"])
@@ -132,6 +136,11 @@ class Controller:
     # -- one method per event ---------------------------------------------------------
     def on_test(self, ev: dict[str, Any]) -> None:
         if self.stopping:
+            if self._interrupted() and ev.get("frames"):
+                # A test in flight at Ctrl-C: what it reported before the interrupt
+                # (its setup, its call) is shown, as plain pytest shows the test it was
+                # running; the phase the interrupt cut has no report, there as here.
+                replay.replay(self.config, self.items[ev["idx"]], ev, self.fault_dir, interrupted=True)
             return
         item = self.items[ev["idx"]]
         replay.replay(self.config, item, ev, self.fault_dir)

@@ -145,8 +145,10 @@ def _trim_dump(dump: str) -> str:
     return "\n".join(out)
 
 
-def replay(config: pytest.Config, item: pytest.Item, ev: dict[str, Any], fault_dir: str) -> None:
-    """Replay one finished test through the hooks; fabricate a report for a crash."""
+def replay(config: pytest.Config, item: pytest.Item, ev: dict[str, Any], fault_dir: str,
+           interrupted: bool = False) -> None:
+    """Replay one finished test through the hooks; fabricate a report for a crash (not
+    when the run was interrupted: then the interrupt is what ended the test)."""
     ihook = item.ihook
     msgs: list[dict[str, Any]] = []
     bad: Exception | None = None
@@ -192,7 +194,7 @@ def replay(config: pytest.Config, item: pytest.Item, ev: dict[str, Any], fault_d
         failed_phase = failed_phase or (rep.when == "setup" and not rep.passed)
     if bad is not None:
         ev = {**ev, "outcome": "crashed", "status_text": f"sent a report tach could not read ({bad!r})"}
-    if ev["outcome"] != "ok" or "teardown" not in whens:
+    if (ev["outcome"] != "ok" or "teardown" not in whens) and not (interrupted and bad is None):
         if ev["outcome"] == "ok":  # exited cleanly without its reports: treat as a crash
             ev = {**ev, "outcome": "crashed"}
         when = "setup" if not whens else ("call" if "call" not in whens and not failed_phase else "teardown")
