@@ -36,6 +36,18 @@ def test_bench_tables_two_synthetic_suites(tmp_path: Path) -> None:
     assert "Machine:" in out.read_text()
 
 
+@pytest.mark.skipif(not FULL_MATRIX, reason="the harness is the same on every interpreter: 3.11 and 3.12 run it")
+def test_faults_bench_measures_a_stopped_run(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "faults.py"), "--reps", "1", "--workers", "2", "--modes", "module",
+         "--signals", "SIGKILL,SIGINT", "--append", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| `module`"))
+    cells = [c.strip() for c in row.split("|")[2:-1]]
+    assert len(cells) == 2 and all(float(c.split(" / ")[0]) > 0 for c in cells), row
+
+
 SCENARIO = {
     "test_plain.py": """
         import pytest
