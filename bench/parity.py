@@ -326,11 +326,17 @@ def compare(p: Project, plain: Run, tach: Run, nondeterministic: dict[str, str] 
         a, b = plain.outcomes.get(tid, ["missing"]), tach.outcomes.get(tid, ["missing"])
         if a != b:
             detail = tach.messages.get(tid) or plain.messages.get(tid, "")
-            why = p.explain.get(tid) or next((v for k, v in p.explain.items() if fnmatch.fnmatchcase(tid, k)), "")
-            if not why and nondeterministic and tid in nondeterministic:
-                why = f"the suite's own nondeterminism: {nondeterministic[tid]}"
-            out.append(Mismatch(tid, a, b, detail, why))
+            out.append(Mismatch(tid, a, b, detail, explanation(p, tid, nondeterministic)))
     return out
+
+
+def explanation(p: Project, tid: str, nondeterministic: dict[str, str] | None) -> str:
+    """Why a test's outcome may differ: the suites file's word for it (by id or glob),
+    else the suite's own nondeterminism when the control run saw it change; else ""."""
+    why = p.explain.get(tid) or next((v for k, v in p.explain.items() if fnmatch.fnmatchcase(tid, k)), "")
+    if not why and nondeterministic and tid in nondeterministic:
+        why = f"the suite's own nondeterminism: {nondeterministic[tid]}"
+    return why
 
 
 def control_diff(first: Run, second: Run) -> dict[str, str]:
@@ -351,10 +357,7 @@ def soak_diff(p: Project, runs: list[Run], nondeterministic: dict[str, str]) -> 
     for tid in sorted(set().union(*(r.outcomes for r in runs))):
         seen = ["/".join(r.outcomes.get(tid, ["missing"])) for r in runs]
         if len(set(seen)) > 1:
-            why = p.explain.get(tid) or next((v for k, v in p.explain.items() if fnmatch.fnmatchcase(tid, k)), "")
-            if not why and tid in nondeterministic:
-                why = f"the suite's own nondeterminism: {nondeterministic[tid]}"
-            out[tid] = (", then ".join(seen), why)
+            out[tid] = (", then ".join(seen), explanation(p, tid, nondeterministic))
     return out
 
 
