@@ -135,6 +135,75 @@ def test_what_cannot_be_restored_gets_a_fresh_process(pytester: pytest.Pytester)
     r.assert_outcomes(passed=6)
 
 
+HEAP = """
+    import json, os, pytest
+    from tach import _reset
+
+    # 96 MB of pages the zygote wrote (the heap a reused process must not copy)
+    HEAP = [os.urandom(1 << 20) for _ in range(96)]
+
+    def private_mb():
+        kb = 0
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    kb += int(line.split()[1])
+        return kb / 1024
+
+    @pytest.mark.parametrize("i", range(12))
+    def test_heap(i):
+        assert all(len(b) == 1 << 20 for b in HEAP)
+        HEAP[i] = b"changed"  # written, then put back from the holder's copy
+        try:
+            os.waitpid(-1, os.WNOHANG)
+            children = "some"
+        except ChildProcessError:
+            children = "none"
+        with open(os.path.join(os.path.dirname(__file__), "seen.jsonl"), "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "stats": _reset.stats(), "private_mb": private_mb(),
+                                "children": children}) + "\\n")
+"""
+
+
+def test_a_reused_process_does_not_copy_its_zygotes_heap(pytester: pytest.Pytester) -> None:
+    # The golden pages stay in the holder (a copy-on-write twin made at the snapshot):
+    # the process itself holds only what tests wrote and what its restores needed.
+    # Private memory counts pages, not time: a copy of the 96 MB heap would show.
+    pytester.makepyfile(test_heap=HEAP)
+    run(pytester).assert_outcomes(passed=12)
+    seen = [json.loads(line) for line in (pytester.path / "seen.jsonl").read_text().splitlines()]
+    assert max(s["stats"]["restores"] for s in seen) >= 3, "no process was reused: the test proves nothing"
+    for s in seen:
+        assert s["private_mb"] < 48, f"a reused process holds {s['private_mb']:.0f} MB of its own"
+        assert s["stats"]["fetched"] * 4096 < 48 << 20
+        assert s["children"] == "none", "the test process sees a child it did not start"
+
+
+def test_a_holder_gone_gets_a_fresh_process(pytester: pytest.Pytester) -> None:
+    # Without its holder a process cannot be restored: the check before the restore
+    # finds out and the zygote forks a fresh process for the next test.
+    pytester.makepyfile("""
+        import os, signal, pytest
+        from tach import _reset
+
+        PIDS = os.path.join(os.path.dirname(__file__), "pids.txt")
+
+        def record():
+            with open(PIDS, "a") as f:
+                f.write(f"{os.getpid()} {_reset.stats()['restores']}\\n")
+
+        @pytest.mark.parametrize("i", range(12))
+        def test_step(i):
+            record()
+            if i == 1:
+                os.kill(_reset.stats()["holder"], signal.SIGKILL)
+    """)
+    run(pytester).assert_outcomes(passed=12)
+    rows = [line.split() for line in (pytester.path / "pids.txt").read_text().splitlines()]
+    assert [r[1] for r in rows[:4]] == ["0", "1", "0", "1"]
+    assert rows[0][0] == rows[1][0] != rows[2][0] == rows[3][0]
+
+
 def test_crash_and_timeout_in_a_reused_process(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""
         import ctypes, time, pytest

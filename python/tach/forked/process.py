@@ -125,12 +125,7 @@ class Strays:
                 pass
         except BlockingIOError:
             pass
-        for pid in children():
-            if pid not in known and _state(pid) == "Z":
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
+        reap_exited(known)
 
     def forget(self) -> None:
         """In a child: the subreaper's handler and fds are its parent's."""
@@ -174,6 +169,19 @@ def reap_strays() -> None:
                 break
             except InterruptedError:
                 continue
+
+
+def reap_exited(known: set[int]) -> None:
+    """Reap this process's children that exited and are not in ``known`` (the ones its
+    caller reaps itself, through their pidfds): strays, and the holders of reused test
+    processes (tach._reset puts them beside the test process, under its zygote, so that
+    the test sees no child of its own)."""
+    for pid in children():
+        if pid not in known and _state(pid) == "Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
 
 def children() -> list[int]:

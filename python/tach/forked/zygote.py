@@ -26,6 +26,7 @@ from tach.forked.process import (
     fork,
     freeze,
     immortalize_once,
+    reap_exited,
     reap_strays,
     report_fatal,
     restart_capture,
@@ -129,6 +130,8 @@ class Zygote:
             return
         if ending.announce:
             self.send(protocol.exited(pid, status, ru.ru_maxrss, ru.ru_utime, ru.ru_stime))
+        if self.ctx.reset:  # the holders of reused processes that exited (tach._reset)
+            reap_exited(set(self.children.values()))
         job = ending.orphan
         if job is not None and not self.exiting:  # offered to it, never taken
             self.source.start(job, self.direct_left + len(job["tests"]), did_setup=False)

@@ -33,6 +33,7 @@ static void free_meta(void)
             close(M->fddir);
         if (M->mapsfd >= 0)
             close(M->mapsfd);
+        drop_holder();
         if (M->golden != NULL)
             munmap(M->golden, M->golden_len);
         munmap(M, sizeof *M);
@@ -44,19 +45,15 @@ static void free_meta(void)
     }
 }
 
-static void __attribute__((noinline)) copy_golden(void)
-{
-    for (int k = 0; k < M->npresent; k++)
-        memcpy(M->golden + M->present[k].off, (void *)M->present[k].start, M->present[k].end - M->present[k].start);
-}
-
 static int __attribute__((noinline)) do_snapshot(void)
 {
-    /* restore() puts memory back to the golden copy and the registers to where this
-     * setjmp left them, so this returns a second time, with 1. Between the copy and the
-     * setjmp nothing writes to memory at or above this frame (copy_golden's frame is
-     * below it and dead), so the two agree: the state is one moment. */
-    copy_golden();
+    /* restore() puts memory back to the holder's copy, made here, and the registers to
+     * where this setjmp left them, so this returns a second time, with 1. Between the
+     * copy and the setjmp nothing writes to memory at or above this frame
+     * (make_holder's frame is below it and dead), so the two agree: the state is one
+     * moment. */
+    if (make_holder() < 0)
+        return -1;
     if (_setjmp(M->jb))
         return 1;
     return 0;
@@ -71,14 +68,13 @@ static PyObject *reset_snapshot(PyObject *self, PyObject *args)
         M = NULL;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    M->uffd = M->pagemap = M->cwd = M->fddir = M->mapsfd = M->holder_mem = M->holder_pidfd = -1;
     alt = mmap(NULL, ALT_STACK, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (alt == MAP_FAILED) {
         alt = NULL;
         free_meta();
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    M->uffd = M->pagemap = M->cwd = M->fddir = M->mapsfd = -1;
-    M->golden = NULL;
     M->after_protect = 1; /* everything present is protected below */
     const char *fault = getenv("TACH_FAULT_RESTORE");
     M->die_at = fault != NULL ? strtol(fault, NULL, 10) : 0;
@@ -166,7 +162,13 @@ static PyObject *reset_snapshot(PyObject *self, PyObject *args)
     M->pgid = getpgid(0);
     M->sid = getsid(0);
 
-    return PyLong_FromLong(do_snapshot() ? M->restores : 0);
+    int r = do_snapshot();
+    if (r < 0) {
+        int e = errno;
+        free_meta();
+        return unavailable("making the process that holds the snapshot's pages: %s", strerror(e));
+    }
+    return PyLong_FromLong(r ? M->restores : 0);
 }
 
 static PyObject *reset_restore(PyObject *self, PyObject *args)
@@ -183,10 +185,10 @@ static PyObject *reset_stats(PyObject *self, PyObject *args)
 {
     if (M == NULL)
         Py_RETURN_NONE;
-    return Py_BuildValue("{s:l,s:l,s:l,s:l,s:l,s:l,s:l,s:i,s:i}", "restores", M->restores, "pages", M->pages,
+    return Py_BuildValue("{s:l,s:l,s:l,s:l,s:l,s:l,s:l,s:i,s:i,s:l,s:i}", "restores", M->restores, "pages", M->pages,
                          "ranges", M->ranges, "recreated", M->recreated, "unmapped", M->unmapped, "closed",
                          M->closed, "protects", M->protects, "present_ranges", M->npresent, "mappings",
-                         M->nregions);
+                         M->nregions, "fetched", M->fetched, "holder", (int)M->holder);
 }
 
 /* Whether snapshot/restore works here, without touching this process's mappings. */

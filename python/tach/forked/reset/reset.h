@@ -3,6 +3,7 @@
  *
  *   maps.c     the process as the kernel lists it: mappings, fds, threads
  *   uffd.c     which pages were written: userfaultfd write-protection, PAGEMAP_SCAN
+ *   holder.c   where the golden pages live: a sleeping copy of the process, and a cache
  *   restore.c  whether the process can be restored, and restoring it
  *   module.c   the snapshot, and the Python module
  *
@@ -101,8 +102,15 @@ struct span {
 struct meta {
     jmp_buf jb;
     long restores;
+    /* The golden cache (holder.c): the snapshot's bytes of each present page, read from
+     * the holder the first time a restore needs them; `filled` (a bit per page, at the
+     * end of the same mapping) says which are there. */
     char *golden;
     size_t golden_len;
+    unsigned char *filled;
+    pid_t holder;   /* the copy of this process made at the snapshot */
+    int holder_pidfd;
+    int holder_mem; /* its /proc/<pid>/mem */
     int uffd, pagemap, cwd, fddir, mapsfd;
     int use_query;
     uintptr_t stack_end;
@@ -126,7 +134,7 @@ struct meta {
     int nunmap;
     struct span unmap[MAX_REGIONS];
     int nrecreate;
-    int recreate[MAX_REGIONS]; /* indexes into regions */
+    struct span recreate[MAX_REGIONS]; /* the parts of anonymous mappings to make again; off: index into regions */
     /* pages present at the snapshot: only these are write-protected (protecting the
      * unpopulated rest, e.g. an allocator's reserved gigabyte, would build page tables
      * for all of it and make every scan walk them), and only these can be dropped */
@@ -150,7 +158,7 @@ struct meta {
     long die_at;
 
     /* counters for stats() */
-    long pages, ranges, recreated, unmapped, closed, protects;
+    long pages, ranges, recreated, unmapped, closed, protects, fetched;
 };
 
 
@@ -192,6 +200,12 @@ int scan(uint64_t flags, uint64_t inverted, uint64_t mask, uint64_t anyof, uint6
 int find_present(const struct region *regions, int n);
 void protect_again(long pages);
 const char *probe_kernel(int *err);
+
+/* holder.c */
+int make_holder(void);
+int holder_alive(void);
+void drop_holder(void);
+void fetch(size_t off, uintptr_t addr, size_t len);
 
 /* restore.c */
 const char *plan(void);

@@ -4,11 +4,63 @@
 
 /* ------------------------------------------------------------------ restore */
 
+static int add_recreate(uintptr_t start, uintptr_t end, int i)
+{
+    if (start >= end)
+        return 0;
+    if (M->nrecreate > 0 && M->recreate[M->nrecreate - 1].end == start && M->recreate[M->nrecreate - 1].off == (size_t)i) {
+        M->recreate[M->nrecreate - 1].end = end;
+        return 0;
+    }
+    if (M->nrecreate >= MAX_REGIONS)
+        return -1;
+    M->recreate[M->nrecreate++] = (struct span){start, end, (size_t)i};
+    return 0;
+}
+
+/* Whether all of [start, end) is registered with the userfaultfd (a mapping the test
+ * made in a hole of the snapshot's is not, and nothing would see it written). */
+static int registered(uintptr_t start, uintptr_t end)
+{
+    long nvec;
+    uintptr_t walk_end;
+    if (scan(0, PAGE_IS_WPALLOWED, PAGE_IS_WPALLOWED, 0, PAGE_IS_WPALLOWED, start, end, &nvec, &walk_end) < 0)
+        return 0;
+    return nvec == 0 && walk_end >= end;
+}
+
+/* Snapshot mapping i (anonymous) is not one VMA as it was: find the parts of it that
+ * must be made again: holes, and what covers it now that is not the same kind of
+ * mapping or not tracked. The rest keeps its pages, which the page scan puts back. A
+ * test that frees one of a hundred adjacent 1 MB blocks (malloc unmaps it; the kernel
+ * had merged them into one VMA) costs a megabyte, not a hundred. j: the first current
+ * mapping ending after the region starts. */
+static int recreate_parts(int i, int j, int n)
+{
+    struct region *s = &M->regions[i];
+    uintptr_t at = s->start;
+    for (int k = j; k < n && M->cur[k].start < s->end; k++) {
+        struct region *c = &M->cur[k];
+        uintptr_t lo = c->start > s->start ? c->start : s->start;
+        uintptr_t hi = c->end < s->end ? c->end : s->end;
+        if (add_recreate(at, lo, i) < 0)
+            return -1;
+        int same = c->inode == 0 && !(c->flags & R_SHARED) && c->prot == s->prot;
+        if (!same || ((s->flags & R_TRACKED) && !registered(lo, hi)))
+            if (add_recreate(lo, hi, i) < 0)
+                return -1;
+        at = hi;
+    }
+    return add_recreate(at, s->end, i);
+}
+
 /* Decide whether and how the process can be restored; fills M's plan. Returns NULL when
  * it can, else a reason (a static string). Changes nothing. */
 const char *plan(void)
 {
     static char why[256];
+    if (!holder_alive())
+        return "the process holding the snapshot's pages is gone";
     int threads = count_threads();
     if (threads != 1) {
         snprintf(why, sizeof why, "the test left %d threads running", threads - 1);
@@ -88,9 +140,8 @@ const char *plan(void)
         if (intact)
             continue;
         if ((s->flags & R_ANON) && !(s->flags & R_STACK)) {
-            if (M->nrecreate >= MAX_REGIONS)
+            if (recreate_parts(i, j, n) < 0)
                 return "too many changed mappings";
-            M->recreate[M->nrecreate++] = i;
             continue;
         }
         snprintf(why, sizeof why, "mapping %lx-%lx (%s) was unmapped or changed", (unsigned long)s->start,
@@ -153,6 +204,7 @@ static void put_back(uintptr_t start, uintptr_t end, int only_present)
             at = p->start;
         }
         uintptr_t stop = p->end < end ? p->end : end;
+        fetch(p->off + (at - p->start), at, stop - at);
         memcpy((void *)at, M->golden + p->off + (at - p->start), stop - at);
         M->pages += (long)((stop - at) / 4096);
         at = stop;
@@ -192,8 +244,9 @@ static void __attribute__((noreturn)) restore_on_alt_stack(void)
         M->unmapped++;
     }
     for (int k = 0; k < M->nrecreate; k++) {
-        struct region *s = &M->regions[M->recreate[k]];
-        void *p = mmap((void *)s->start, s->end - s->start, s->prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+        struct span *r = &M->recreate[k];
+        void *p = mmap((void *)r->start, r->end - r->start, M->regions[r->off].prot,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
         if (p == MAP_FAILED)
             fatal("mmap", errno);
         M->recreated++;
@@ -215,10 +268,11 @@ static void __attribute__((noreturn)) restore_on_alt_stack(void)
 
     /* Recreated mappings: the whole content, then tracked again. */
     for (int k = 0; k < M->nrecreate; k++) {
-        struct region *s = &M->regions[M->recreate[k]];
+        struct span *r = &M->recreate[k];
+        struct region *s = &M->regions[r->off];
         if ((s->prot & PROT_READ) && (s->prot & PROT_WRITE))
-            put_back(s->start, s->end, 1); /* the rest is zero already */
-        if ((s->flags & R_TRACKED) && (track(s->start, s->end) < 0 || protect(s->start, s->end) < 0))
+            put_back(r->start, r->end, 1); /* the rest is zero already */
+        if ((s->flags & R_TRACKED) && (track(r->start, r->end) < 0 || protect(r->start, r->end) < 0))
             fatal("write-protecting a recreated mapping", errno);
     }
     /* Pages written since the snapshot (or left unprotected by the last restore) ... */

@@ -48,8 +48,9 @@ static int add_present(uintptr_t start, uintptr_t end)
 }
 
 /* Record the pages present now in the tracked mappings (all of a file-backed one: its
- * unpopulated pages are the file's, not zeros), make room for their golden copy and
- * write-protect them. copy_golden() fills the copy, at the last moment. */
+ * unpopulated pages are the file's, not zeros), make room for their golden cache and
+ * write-protect them. The cache stays empty: the holder made at the snapshot keeps the
+ * golden pages, and restores fetch them (holder.c). */
 int find_present(const struct region *regions, int n)
 {
     M->npresent = 0;
@@ -83,15 +84,19 @@ int find_present(const struct region *regions, int n)
         M->present[k].off = total;
         total += M->present[k].end - M->present[k].start;
     }
-    size_t len = total ? total : 4096;
+    /* the cache, then its bitmap; untouched pages of it cost nothing */
+    size_t bits = (total / 4096 + 7) / 8;
+    size_t len = (total + bits + 4095) / 4096 * 4096;
+    if (len == 0)
+        len = 4096;
     void *g = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (g == MAP_FAILED)
         return -1;
     M->golden = g;
     M->golden_len = len;
+    M->filled = (unsigned char *)g + total;
     if (madvise(g, len, MADV_DONTFORK) < 0)
         return -1;
-    (void)madvise(g, len, MADV_POPULATE_WRITE); /* a speed-up only: the copy faults pages in otherwise */
     for (int k = 0; k < M->npresent; k++)
         if (protect(M->present[k].start, M->present[k].end) < 0)
             return -1;
