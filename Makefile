@@ -9,7 +9,7 @@
 #   make python-ft   build (or reuse) the free-threaded CPython
 #   make dev         editable install into the env of $(PYTHON)
 #   make ext         rebuild the Go extension in place (after `make dev`)
-#   make bench       synthetic suites: tach vs pytest, xdist, forked; coverage's cost -> docs/benchmarks.md
+#   make bench       synthetic suites: tach vs pytest, xdist, forked, pytest-zygote; memory; coverage's cost -> docs/benchmarks.md
 #   make parity      real projects' suites: tach vs plain pytest outcomes -> docs/parity.md
 #   make soak        the same, each mode three times: flakes and whose they are -> docs/soak.md
 
@@ -110,6 +110,7 @@ PARITY_ARGS ?=
 bench:
 	py=$$(build/venv.sh $(PYTHON) "" bench/requirements.txt); \
 	$$py bench/engine.py --out docs/benchmarks.md $(BENCH_ARGS); \
+	$$py bench/memory.py --append docs/benchmarks.md; \
 	$$py bench/coverage.py --append docs/benchmarks.md; \
 	$$py bench/faults.py --append docs/benchmarks.md; \
 	py312=$$(ls $(PYENV_ROOT)/versions/3.12.*/bin/python3 2>/dev/null | head -1); \
