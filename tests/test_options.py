@@ -43,3 +43,20 @@ def test_not_active_without_p_tach(pytester: pytest.Pytester) -> None:
     r.assert_outcomes(passed=1)
     r = pytester.runpytest_subprocess("-p", "tach")
     r.assert_outcomes(failed=1)  # under the engine the test runs in another process
+
+
+def test_tachs_own_modules_are_not_assertion_rewritten(pytester: pytest.Pytester) -> None:
+    # -p tach marks the package for pytest's assertion rewriting, which would parse and
+    # compile all of it again in every run that caches no bytecode; tach un-marks it.
+    pytester.makepyfile("""
+        import sys
+
+        def test_loaders():
+            # (the package's __init__ itself is imported by the hook before it can un-mark)
+            mods = {name: m for name, m in sys.modules.items() if name.startswith("tach.")}
+            assert len(mods) > 10
+            rewritten = [n for n, m in mods.items() if type(m.__loader__).__name__ == "AssertionRewritingHook"]
+            assert rewritten == []
+    """)
+    r = pytester.runpytest_subprocess("-p", "tach", "-p", "no:cacheprovider", "--tach-workers", "1")
+    r.assert_outcomes(passed=1)
