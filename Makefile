@@ -111,6 +111,7 @@ bench:
 	py=$$(build/venv.sh $(PYTHON) "" bench/requirements.txt); \
 	$$py bench/engine.py --out docs/benchmarks.md $(BENCH_ARGS); \
 	$$py bench/memory.py --append docs/benchmarks.md; \
+	$$py bench/ceiling.py --append docs/benchmarks.md; \
 	$$py bench/coverage.py --append docs/benchmarks.md; \
 	$$py bench/faults.py --append docs/benchmarks.md; \
 	py312=$$(ls $(PYENV_ROOT)/versions/3.12.*/bin/python3 2>/dev/null | head -1); \

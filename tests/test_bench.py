@@ -64,6 +64,23 @@ def test_faults_bench_measures_a_stopped_run(tmp_path: Path) -> None:
     assert len(cells) == 2 and all(float(c.split(" / ")[0]) > 0 for c in cells), row
 
 
+@pytest.mark.skipif(not FULL_MATRIX, reason="the harness is the same on every interpreter: 3.11 and 3.12 run it")
+def test_ceiling_bench_splits_the_main_process_cost(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "ceiling.py"), "--tests", "300", "--reps", "1", "--append", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| tach ")]
+    assert len(rows) == 2, out.read_text()
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[2:-1]]
+        thread, hooks, own = (float(c) for c in cells[:3])
+        # The main thread did the replaying: its cost is there, and splits into its parts.
+        assert thread > 0 and hooks > 0 and abs(thread - hooks - own) < 0.002, row
+        assert int(cells[5].replace(",", "")) > 0
+
+
 SCENARIO = {
     "test_plain.py": """
         import pytest
