@@ -36,11 +36,12 @@ from tach.forked.process import Context, connect, readable, report_fatal
 from tach.forked.runner import Runner, produced_of
 
 #: A zygote makes a new test process reusable only when it can expect to run at least
-#: this many tests in it: a snapshot costs about as much as forking 2-3 test processes
-#: (~11 ms for a 24 MB pytest process, copying and write-protecting its memory), so on
-#: a module with a handful of tests forking each one is cheaper. Measured on cachetools'
-#: suite (220 tests under 56 class and module zygotes): snapshotting every process made
-#: the run 1.4x slower than forking each test.
+#: this many tests in it. When a snapshot copied the process's memory (~11 ms for a
+#: 24 MB pytest process) it cost as much as forking 2-3 test processes, and on
+#: cachetools' suite (220 tests under 56 class and module zygotes) snapshotting every
+#: process made the run 1.4x slower than forking each test. Since the holder (a clone,
+#: ~2 ms) a lower bar buys nothing measurable either: 80 modules of 3 tests, 2 against
+#: 4, 1.08x (0.87-1.22x) of the wall time.
 REUSE_MIN_TESTS = 4
 
 
