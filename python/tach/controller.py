@@ -64,6 +64,7 @@ class Controller:
         self.ended = False
         self.stopping = False  # asked the supervisor to stop: later tests are not replayed
         self.interrupted = False  # Ctrl-C or SIGTERM in this process
+        self.signals = 0  # SIGINT/SIGTERM received during the run
         self.abort: dict[str, Any] | None = None  # the first test that ended the run
         self._poll = msgpack.packb({"timeout_ms": self.POLL_MS})
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -73,13 +74,19 @@ class Controller:
 
     # -- the loop -------------------------------------------------------------------
     def run(self) -> None:
-        """Handle events until the supervisor says the run is over. Ctrl-C once stops
-        the run gracefully; twice (or SIGTERM during the stop) kills it."""
+        """Handle events until the supervisor says the run is over. Ctrl-C (or SIGTERM)
+        once stops the run gracefully; a second one during the stop kills it."""
         # The collected session is alive for the whole run: without this, every full
         # collection during the replay walks it (2000 trivial tests: 90 ms of the main
         # process's GC time, against 35 ms).
         gc.freeze()
-        old_term = signal.signal(signal.SIGTERM, _on_term)
+        # The signals only count here; the loop acts on them between batches of events.
+        # Raising KeyboardInterrupt from the handler lost the batch a poll had just
+        # returned (the exception comes as the call returns, before its value is
+        # stored): reports, or the run's end, after which stopping the supervisor failed
+        # with "no engine run in progress" (the gauntlet's Ctrl-C at moment 14).
+        old_int = signal.signal(signal.SIGINT, self._on_signal)
+        old_term = signal.signal(signal.SIGTERM, self._on_signal)
         try:
             self._loop()
         except KeyboardInterrupt:
@@ -95,24 +102,33 @@ class Controller:
             # with it frozen). unregister first: one registration however many runs.
             atexit.unregister(gc.freeze)
             atexit.register(gc.freeze)
+            signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
 
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+
     def _loop(self) -> None:
+        seen = 0
         while not self.ended:
-            try:
-                events = msgpack.unpackb(self.core.poll(self._poll), raw=False)
-            except KeyboardInterrupt:
-                # First Ctrl-C: stop, letting zygotes tear their scopes down (bounded);
-                # a second one (below, while draining) kills everything.
-                self.interrupted = True
-                if self.stopping:
-                    raise
-                self.stop("abort")
-                continue
+            events = msgpack.unpackb(self.core.poll(self._poll), raw=False)
             for ev in events or []:
                 handler = self._handlers.get(ev.get("t"))
                 if handler is not None:
                     handler(ev)
+            if self.signals > seen:
+                seen = self.signals
+                self._signalled()
+
+    def _signalled(self) -> None:
+        """First signal: stop, letting zygotes tear their scopes down (bounded); another
+        one while stopping kills everything (run() above)."""
+        self.interrupted = True
+        if self.ended:
+            return  # nothing left to stop: finish() reports the interruption
+        if self.stopping:
+            raise KeyboardInterrupt
+        self.stop("abort")
 
     def _drain(self, deadline: float) -> None:
         """After a kill: wait (bounded) for the supervisor to say the run is over."""
@@ -125,7 +141,8 @@ class Controller:
                 return
 
     def stop(self, mode: str) -> None:
-        self.core.stop(msgpack.packb({"mode": mode}))
+        if not self.ended:  # after its end the supervisor has no run to stop
+            self.core.stop(msgpack.packb({"mode": mode}))
         self.stopping = True
 
     def _interrupted(self) -> bool:
@@ -175,10 +192,6 @@ class Controller:
 
     def on_end(self, ev: dict[str, Any]) -> None:
         self.ended = True
-
-
-def _on_term(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt("SIGTERM")
 
 
 def _say_stall(config: pytest.Config, items: list[pytest.Item], ev: dict[str, Any]) -> None:
