@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import commit, machine, versions  # after the path insert: bench/ is not a package
+from engine import append_to, commit, machine, versions  # after the path insert: bench/ is not a package
 
 PROBE = '''
     """Loaded with -p: the main process's CPU during the test loop, split."""
@@ -52,11 +52,10 @@ PROBE = '''
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtestloop(session):
-        t, p, w = time.thread_time(), _cpu(), time.perf_counter()
+        t, p = time.thread_time(), _cpu()
         yield
         if os.getpid() == MAIN:
-            DATA.update(thread=time.thread_time() - t, process=_cpu() - p, wall=time.perf_counter() - w,
-                        tests=len(session.items))
+            DATA.update(thread=time.thread_time() - t, process=_cpu() - p, tests=len(session.items))
             with open(os.environ["CEILING_OUT"], "w") as f:
                 json.dump(DATA, f)
 
@@ -83,7 +82,6 @@ class Sample:
     process: float  # main process CPU s in the loop (all threads)
     hooks: float  # of thread: pytest's reporting hooks
     tree: float  # CPU s of the whole run (every process)
-    wall: float  # the loop's wall s
     tests: int
 
 
@@ -99,7 +97,7 @@ def run(python: str, root: Path, args: list[str]) -> Sample:
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{args} failed:\n" + "\n".join(text.splitlines()[-15:]))
     d = json.loads(out.read_text())
-    return Sample(d["thread"], d["process"], d["hooks"], ru.ru_utime + ru.ru_stime, d["wall"], d["tests"])
+    return Sample(d["thread"], d["process"], d["hooks"], ru.ru_utime + ru.ru_stime, d["tests"])
 
 
 def main() -> int:
@@ -165,9 +163,7 @@ def main() -> int:
             f"| {1000 * go / n:.3f} | {1000 * c_w:.3f} | {1 / c_m:,.0f} | {' / '.join(proj)} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.append:
-        with open(args.append, "a") as f:
-            f.write(text)
+    append_to(args.append, text)
     return 0
 
 

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import commit, machine, run_once  # after the path insert: bench/ is not a package
+from engine import append_to, commit, machine, run_once  # after the path insert: bench/ is not a package
 
 PACKAGE = '''\
 def small(n):
@@ -149,9 +149,7 @@ def main() -> int:
                 print(row, flush=True)
         finally:
             shutil.rmtree(root, ignore_errors=True)
-    if args.append:
-        with open(args.append, "a") as f:
-            f.write("\n".join(lines) + "\n")
+    append_to(args.append, "\n".join(lines) + "\n")
     return 0
 
 

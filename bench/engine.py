@@ -150,6 +150,13 @@ def machine() -> str:
     return f"{cpu}, {len(os.sched_getaffinity(0))} CPUs usable, {mem:.0f} GiB, Linux {platform.release()}"
 
 
+def append_to(path: str | None, text: str) -> None:
+    """Append a report section to path (a bench script's --append), if one was given."""
+    if path:
+        with open(path, "a") as f:
+            f.write(text)
+
+
 def commit() -> str:
     """The checkout's commit, so a table says which tach it measured."""
     return subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import commit, machine  # after the path insert: bench/ is not a package
+from engine import append_to, commit, machine  # after the path insert: bench/ is not a package
 
 SUITE = """
     import os, time, pytest
@@ -122,9 +122,7 @@ def main() -> int:
             lines.append(f"| `{mode}` | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     print(table)
-    if args.append:
-        with open(args.append, "a") as f:
-            f.write(table)
+    append_to(args.append, table)
     return 0
 
 

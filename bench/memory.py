@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import commit, machine, versions  # after the path insert: bench/ is not a package
+from engine import append_to, commit, machine, versions  # after the path insert: bench/ is not a package
 
 CONFTEST = "BIG = [[str(i) * 4 for i in range(j, j + 100)] for j in range(0, 3_000_000, 100)]\n"
 
@@ -220,9 +220,7 @@ def main() -> int:
         lines.append(f"| {t} | " + " | ".join(cells) + f" | {ratio} | {grow} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.append:
-        with open(args.append, "a") as f:
-            f.write(text)
+    append_to(args.append, text)
     return 0
 
 

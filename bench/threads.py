@@ -24,7 +24,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from engine import run_once  # bench/engine.py
+from engine import append_to, run_once  # bench/engine.py
 
 SUITE = '''
 import threading
@@ -168,9 +168,7 @@ def main() -> int:
     race_tools = {k: v for k, v in tools.items() if k != "tach --tach-isolate none"}
     for name, idle, busy in race_power(py, race_tools):
         out(f"| {name} | {idle} | {busy} |")
-    if args.append:
-        with open(args.append, "a") as f:
-            f.write("\n" + "\n".join(lines) + "\n")
+    append_to(args.append, "\n" + "\n".join(lines) + "\n")
     return 0
 
 
