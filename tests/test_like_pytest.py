@@ -273,13 +273,23 @@ def test_sequential_in_process_runs(pytester: pytest.Pytester) -> None:
         import os, pytest
         def run():
             return int(pytest.main(["-q", "-p", "tach", "-p", "no:cacheprovider", "test_two.py"]))
+        def fds():
+            out = set()
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    out.add((fd, os.readlink(f"/proc/self/fd/{fd}")))
+                except FileNotFoundError:  # listdir's own, closed by now
+                    pass
+            return out
         codes = [run()]
-        fds = len(os.listdir("/proc/self/fd"))
+        before = fds()
         codes += [run(), run()]
-        print("CODES", codes, "NEW-FDS", len(os.listdir("/proc/self/fd")) - fds)
+        print("CODES", codes, "NEW-FDS", sorted(fds() - before))
     """)
     r = pytester.run(sys.executable, str(driver))
-    r.stdout.fnmatch_lines(["CODES [[]0, 0, 0[]] NEW-FDS 0"])
+    # The Go runtime's own epoll and eventfd count too: it opens them at the first run
+    # (go/core), not whenever its scavenger first sets a timer (an intermittent +2 here).
+    r.stdout.fnmatch_lines(["CODES [[]0, 0, 0[]] NEW-FDS [[][]]"])
 
 
 def test_tach_report_lists_slowest_and_hungriest(pytester: pytest.Pytester) -> None:

@@ -118,10 +118,23 @@ var (
 // was ~0.8x the Python thread's with 1 or 2 Ps, ~0.6x with 4.
 const procs = 4
 
-var setProcs sync.Once
+var firstStart sync.Once
+
+// openNetpoll makes the Go runtime open its network poller (an epoll and an eventfd,
+// which it keeps for the life of the process) now rather than whenever a timer first
+// goes on its heap: the background scavenger's does at a moment nobody chooses, so
+// sometimes during the second or third engine run of a process. Opened at the first
+// start, the main process's descriptors stay the same from one run to the next, and a
+// leak check around repeated pytest.main() calls (pytester's in-process runs) holds.
+func openNetpoll() {
+	time.AfterFunc(time.Hour, func() {}).Stop()
+}
 
 func startSupervisor(in []byte) error {
-	setProcs.Do(func() { runtime.GOMAXPROCS(procs) })
+	firstStart.Do(func() {
+		runtime.GOMAXPROCS(procs)
+		openNetpoll()
+	})
 	var cfg supervisor.Config
 	if err := msgpack.Unmarshal(in, &cfg); err != nil {
 		return valueError{fmt.Errorf("decoding start config: %w", err)}
