@@ -86,7 +86,7 @@ py-test-ft:
 # pytest-django's autouse fixture uses monkeypatch, which makes every test thread-unsafe.
 demo:
 	@py=$$(build/venv.sh $(PYTHON)); \
-	$$py -m tach self-test; \
+	$$py -m pytest_tach self-test; \
 	echo; echo "== pytest -p tach examples/demo (2 workers; a segfault and a hang, contained)"; \
 	out=$$(mktemp); rc=0; \
 	$$py -m pytest -p tach --tach-workers 2 -p no:cacheprovider -p no:timeout -rf examples/demo $(PYTEST_ARGS) | tee $$out || rc=$$?; \
@@ -135,5 +135,5 @@ ext:
 	$(PYTHON) -c 'import sys; sys.path.insert(0, "build"); import tach_build as b; b.build_extension(b.PKG_SRC)'
 
 clean:
-	rm -f python/tach/_core*.so python/tach/_core*.h python/tach/_reset*.so
+	rm -f python/pytest_tach/_core*.so python/pytest_tach/_core*.h python/pytest_tach/_reset*.so
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -188,7 +188,7 @@ def build_tach_wheel(python: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(out), str(REPO)], check=True)
-    (wheel,) = sorted(out.glob("tach-*.whl"))
+    (wheel,) = sorted(out.glob("pytest_tach-*.whl"))
     return wheel
 
 
@@ -206,6 +206,8 @@ def ensure_venv(p: Project, src: Path, python: str, cache: Path, pytest_req: lis
         _pip(p, venv, [*pip, *pytest_req, "msgpack", *p.requires])
         _pip(p, venv, [*pip, str(src)])
         stamp.write_text(key)
+    if any(venv.glob("lib/python*/site-packages/tach-*.dist-info")):  # before the rename to pytest-tach
+        _pip(p, venv, [py, "-m", "pip", "uninstall", "-q", "-y", "tach"])
     _pip(p, venv, [py, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)])
     return py
 

@@ -33,9 +33,11 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PKG_SRC = ROOT / "python" / "tach"
+#: the import package (the distribution is pytest-tach: see pyproject.toml)
+PKG = "pytest_tach"
+PKG_SRC = ROOT / "python" / PKG
 GO_PKG = "./go/core"
-#: tach._reset's sources: C, next to the code that loads it (its README has the contract)
+#: pytest_tach._reset's sources: C, next to the code that loads it (its README has the contract)
 RESET_DIR = PKG_SRC / "forked" / "reset"
 
 # Files an sdist carries: enough to rebuild the wheel and run the tests.
@@ -98,10 +100,11 @@ def _metadata() -> str:
 
 
 def _entry_points() -> str:
-    scripts = _project().get("scripts", {})
-    if not scripts:
-        return ""
-    return "[console_scripts]\n" + "".join(f"{k} = {v}\n" for k, v in scripts.items())
+    """entry_points.txt: the console scripts and every [project.entry-points] group."""
+    p = _project()
+    groups = {"console_scripts": p.get("scripts", {}), **p.get("entry-points", {})}
+    return "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n"
+                   for group, eps in groups.items() if eps)
 
 
 # ---------------------------------------------------------------- wheel tag
@@ -169,7 +172,7 @@ def check_go(go: str) -> str:
 def build_extension(dest_dir: Path) -> list[Path]:
     """Build tach's two extensions for the running interpreter into dest_dir.
 
-    tach._core is the Go supervisor (main process only); tach._reset is plain C with no
+    pytest_tach._core is the Go supervisor (main process only); pytest_tach._reset is plain C with no
     Go in it, because the forked processes that use it must never start a Go runtime.
     """
     return [build_core(dest_dir), build_reset(dest_dir)]
@@ -193,7 +196,7 @@ def _find_cc() -> list[str]:
 
 
 def build_reset(dest_dir: Path) -> Path:
-    """Build tach._reset (python/tach/forked/reset/*.c) into dest_dir; return the file.
+    """Build pytest_tach._reset (python/pytest_tach/forked/reset/*.c) into dest_dir; return the file.
     Hidden visibility: calls between its files are direct, through no PLT slot (the
     restore rewrites memory while it runs); only PyInit__reset is exported."""
     cc = _find_cc()
@@ -209,7 +212,7 @@ def build_reset(dest_dir: Path) -> Path:
 
 
 def build_core(dest_dir: Path) -> Path:
-    """Build tach._core (the Go supervisor) into dest_dir; return the file."""
+    """Build pytest_tach._core (the Go supervisor) into dest_dir; return the file."""
     go = _find_go()
     check_go(go)
     _find_cc()  # cgo's
@@ -300,9 +303,9 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         exts = build_extension(Path(tmp))
         whl = _Wheel(Path(wheel_directory) / filename, dist_info)
         for p in _package_files():
-            whl.add("tach/" + p.relative_to(PKG_SRC).as_posix(), p.read_bytes())
+            whl.add(f"{PKG}/" + p.relative_to(PKG_SRC).as_posix(), p.read_bytes())
         for ext in exts:
-            whl.add(f"tach/{ext.name}", ext.read_bytes(), executable=True)
+            whl.add(f"{PKG}/{ext.name}", ext.read_bytes(), executable=True)
         whl.close(tag)
     return filename
 
@@ -315,7 +318,7 @@ def build_editable(wheel_directory, config_settings=None, metadata_directory=Non
     filename, dist_info, tag = _wheel_name()
     build_extension(PKG_SRC)
     whl = _Wheel(Path(wheel_directory) / filename, dist_info)
-    whl.add("__editable__.tach.pth", (str(PKG_SRC.parent) + "\n").encode())
+    whl.add(f"__editable__.{PKG}.pth", (str(PKG_SRC.parent) + "\n").encode())
     whl.close(tag)
     return filename
 

@@ -29,6 +29,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 	"$venv/bin/python" -m pip install -q -r "$reqs" >&2
 	echo "$want" >"$stamp"
 fi
+# The distribution was called tach before it became pytest-tach: an env made then still
+# has that one (PyPI's unrelated tach is never in these envs).
+if compgen -G "$venv/lib/python*/site-packages/tach-*.dist-info" >/dev/null; then
+	"$venv/bin/python" -m pip uninstall -q -y tach >&2
+fi
 # --no-build-isolation: the backend needs nothing but the interpreter (tomli on 3.10,
 # which the requirements file carries), and isolation would cost a fresh env per run.
 "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation --force-reinstall "$root" >&2

@@ -8,7 +8,7 @@ import threading
 import msgpack
 import pytest
 
-from tach import _native
+from pytest_tach import _native
 
 
 def frame(obj: object) -> bytes:
@@ -17,10 +17,10 @@ def frame(obj: object) -> bytes:
 
 
 def test_version_reports_go_runtime_and_abi() -> None:
-    import tach
+    import pytest_tach
 
     info = _native.version()
-    assert info["tach"] == tach.__version__
+    assert info["tach"] == pytest_tach.__version__
     assert info["go"].startswith("go1.")
     assert info["abi"] == _native.ABI
 

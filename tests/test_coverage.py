@@ -757,7 +757,7 @@ def test_files_decided_in_a_zygote_are_only_the_unmeasured_ones(monkeypatch: pyt
     measures each imported module's file, by that module's namespace; it keeps only the
     files not measured (deciding to measure a source package's file has a side effect
     that belongs to the process running it) and leaves files two modules share open."""
-    from tach import covbridge
+    from pytest_tach import covbridge
 
     def module(name: str, filename: str) -> Any:
         mod = type(sys)(name)

@@ -53,15 +53,15 @@ def test_a_run_that_stops_moving_says_what_it_waits_for(pytester: pytest.Pyteste
     been running, instead of the run waiting silently."""
     flag = pytester.path / "said"
     pytester.makeconftest(f"""
-        import tach.controller
+        import pytest_tach.controller
 
-        _say = tach.controller._say_stall
+        _say = pytest_tach.controller._say_stall
 
         def _said(config, items, ev):
             _say(config, items, ev)
             open({str(flag)!r}, "w").close()
 
-        tach.controller._say_stall = _said
+        pytest_tach.controller._say_stall = _said
     """)
     pytester.makepyfile(test_hang=f"""
         import os

@@ -2,7 +2,7 @@
 drive it with fake zygotes: a conftest takes over pytest's run loop, forks the root
 zygote itself, and plays the supervisor's part of the protocol over the same unix
 socket, one command at a time. Every frame must be one the supervisor accepts
-(tach.protocol, held to Go's side by tests/unit/test_protocol.py), and each connection
+(pytest_tach.protocol, held to Go's side by tests/unit/test_protocol.py), and each connection
 must carry exactly the expected exchange: what the Go supervisor relies on, checked
 without it."""
 
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tach import _reset
+from pytest_tach import _reset
 
 FAKE_SUPERVISOR = r'''
 import json, os, socket, tempfile
 
 import pytest
 
-from tach import forked, frames, handover, plan, protocol
-from tach.forward import Forwarder
+from pytest_tach import forked, frames, handover, plan, protocol
+from pytest_tach.forward import Forwarder
 
 KINDS = {"string": str, "int": int, "bool": bool, "map": dict, "number": (int, float)}
 OUT = os.environ["FAKE_OUT"]

@@ -27,7 +27,7 @@ def test_core_import_keeps_gil_disabled(warnings: str) -> None:
     r = run_python("-W", warnings, "-c", (
         "import sys\n"
         "assert not sys._is_gil_enabled(), 'GIL on before import'\n"
-        "import tach._core\n"
+        "import pytest_tach._core\n"
         "print('gil', sys._is_gil_enabled())\n"
     ))
     assert r.returncode == 0, r.stderr
@@ -38,8 +38,8 @@ def test_core_import_keeps_gil_disabled(warnings: str) -> None:
 def test_every_tach_module_and_msgpack_keep_gil_disabled() -> None:
     r = run_python("-W", "error", "-c", (
         "import importlib, pkgutil, sys\n"
-        "import tach, msgpack, msgpack._cmsgpack\n"
-        "names = [m.name for m in pkgutil.walk_packages(tach.__path__, 'tach.')]\n"
+        "import pytest_tach, msgpack, msgpack._cmsgpack\n"
+        "names = [m.name for m in pkgutil.walk_packages(pytest_tach.__path__, 'pytest_tach.')]\n"
         "for n in names:\n"
         "    importlib.import_module(n)\n"
         "    assert not sys._is_gil_enabled(), f'GIL enabled after importing {n}'\n"
@@ -56,7 +56,7 @@ def test_check_would_catch_a_module_without_the_gil_slot(tmp_path: Path) -> None
     go = shutil.which("go") or "/usr/local/go/bin/go"
     if not os.path.exists(go) or not (REPO_ROOT / "go" / "core" / "shim.c").exists():
         pytest.skip("needs the Go toolchain and tach's source tree")
-    pkg = tmp_path / "tach"
+    pkg = tmp_path / "pytest_tach"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     out = pkg / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
@@ -66,9 +66,9 @@ def test_check_would_catch_a_module_without_the_gil_slot(tmp_path: Path) -> None
     subprocess.run([go, "build", "-buildmode=c-shared", "-o", str(out), "./go/core"],
                    cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
     r = subprocess.run([sys.executable, "-c",
-                        "import sys, tach._core; print('gil', sys._is_gil_enabled())"],
+                        "import sys, pytest_tach._core; print('gil', sys._is_gil_enabled())"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=60,
                        env={k: v for k, v in os.environ.items() if k != "PYTHON_GIL"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "gil True"
-    assert GIL_WARNING in r.stderr and "tach._core" in r.stderr
+    assert GIL_WARNING in r.stderr and "pytest_tach._core" in r.stderr

@@ -28,7 +28,7 @@ def test_each_test_in_its_own_process_and_go_only_in_main(pytester: pytest.Pytes
         @pytest.mark.parametrize("i", range(6))
         def test_pid(i, tmp_path):
             assert os.getpid() != int(os.environ["MAIN_PID"])
-            assert "tach._core" not in sys.modules, "Go was loaded into a test process"
+            assert "pytest_tach._core" not in sys.modules, "Go was loaded into a test process"
             (tmp_path.parent / f"pid{i}").write_text(str(os.getpid()))
     """)
     # --tach-reset snapshot reuses a process, restored between tests (tests/test_reset.py)

@@ -267,7 +267,7 @@ def test_s_shows_output_live(pytester: pytest.Pytester) -> None:
 def test_sequential_in_process_runs(pytester: pytest.Pytester) -> None:
     """pytester's in-process runs, or any tool calling pytest.main() again, start the
     engine again in the same process: nothing of an earlier run may be left (a finished
-    run once stayed registered in tach._core and the next one was refused)."""
+    run once stayed registered in pytest_tach._core and the next one was refused)."""
     pytester.makepyfile(test_two="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
     driver = pytester.makepyfile(driver="""
         import os, pytest

@@ -26,8 +26,9 @@ def test_option_errors_name_the_option_and_allowed_values(pytester: pytest.Pytes
 
 def test_options_are_in_help(pytester: pytest.Pytester) -> None:
     r = pytester.runpytest_subprocess("-p", "tach", "--help")
-    r.stdout.fnmatch_lines(["*tach: isolated, parallel, crash-proof*", "*--tach-workers=N|auto*",
-                            "*--tach-isolate=MODE*", "*--tach-timeout=SECONDS*", "*--tach-report*",
+    r.stdout.fnmatch_lines(["*tach (turned on with -p tach): isolated, parallel, crash-proof*",
+                            "*--tach-workers=N|auto*", "*--tach-isolate=MODE*", "*--tach-timeout=SECONDS*",
+                            "*--tach-report*",
                             "*tach_workers*", "*tach_isolate*", "*tach_timeout*"])
 
 
@@ -53,7 +54,7 @@ def test_tachs_own_modules_are_not_assertion_rewritten(pytester: pytest.Pytester
 
         def test_loaders():
             # (the package's __init__ itself is imported by the hook before it can un-mark)
-            mods = {name: m for name, m in sys.modules.items() if name.startswith("tach.")}
+            mods = {name: m for name, m in sys.modules.items() if name.startswith("pytest_tach.")}
             assert len(mods) > 10
             rewritten = [n for n, m in mods.items() if type(m.__loader__).__name__ == "AssertionRewritingHook"]
             assert rewritten == []

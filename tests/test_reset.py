@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tach import _reset
+from pytest_tach import _reset
 
 pytestmark = pytest.mark.skipif(_reset.probe() is not None, reason=f"snapshot/restore: {_reset.probe()}")
 
@@ -137,7 +137,7 @@ def test_what_cannot_be_restored_gets_a_fresh_process(pytester: pytest.Pytester)
 
 HEAP = """
     import json, os, pytest
-    from tach import _reset
+    from pytest_tach import _reset
 
     # 96 MB of pages the zygote wrote (the heap a reused process must not copy)
     HEAP = [os.urandom(1 << 20) for _ in range(96)]
@@ -184,7 +184,7 @@ def test_a_holder_gone_gets_a_fresh_process(pytester: pytest.Pytester) -> None:
     # finds out and the zygote forks a fresh process for the next test.
     pytester.makepyfile("""
         import os, signal, pytest
-        from tach import _reset
+        from pytest_tach import _reset
 
         PIDS = os.path.join(os.path.dirname(__file__), "pids.txt")
 
@@ -236,7 +236,7 @@ def test_only_zygotes_with_enough_tests_reuse_processes(pytester: pytest.Pyteste
     # with two tests forks each; one with eight snapshots and reuses.
     body = """
         import json, os, pytest
-        from tach import _reset
+        from pytest_tach import _reset
 
         @pytest.fixture(scope="module")
         def mod():

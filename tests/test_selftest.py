@@ -1,4 +1,4 @@
-"""`tach self-test`: the report's content and the exit status."""
+"""`pytest-tach self-test`: the report's content and the exit status."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ FEATURES = {"fork", "pidfd_open", "process_vm_readv", "snapshot_reset"}
 
 
 def test_json_report_has_every_field() -> None:
-    r = run_python("-m", "tach", "self-test", "--json")
+    r = run_python("-m", "pytest_tach", "self-test", "--json")
     report = json.loads(r.stdout)
     assert r.returncode == (0 if report["ok"] else 1), r.stderr
     py = report["python"]
@@ -38,8 +38,8 @@ def test_text_report_and_console_script() -> None:
     import shutil
     from pathlib import Path
 
-    script = Path(sys.executable).with_name("tach")
-    assert script.exists() or shutil.which("tach"), "console script `tach` not installed"
+    script = Path(sys.executable).with_name("pytest-tach")
+    assert script.exists() or shutil.which("pytest-tach"), "console script `pytest-tach` not installed"
     import subprocess
 
     r = subprocess.run([str(script), "self-test"], capture_output=True, text=True, timeout=60)
@@ -50,7 +50,7 @@ def test_text_report_and_console_script() -> None:
 
 def test_exit_status_names_what_is_missing(monkeypatch) -> None:
     """A required feature that is not OK makes the exit status 1 and is named."""
-    from tach import _native, selftest
+    from pytest_tach import _native, selftest
 
     real = _native.probe
 
@@ -70,6 +70,6 @@ def test_exit_status_names_what_is_missing(monkeypatch) -> None:
 def test_piping_into_head_is_not_an_error() -> None:
     import subprocess
 
-    p = subprocess.run(f"'{sys.executable}' -m tach self-test --json | head -c 10",
+    p = subprocess.run(f"'{sys.executable}' -m pytest_tach self-test --json | head -c 10",
                        shell=True, capture_output=True, text=True, timeout=60)
     assert "BrokenPipeError" not in p.stderr

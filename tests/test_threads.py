@@ -282,7 +282,7 @@ def test_the_wait_for_a_turn_is_taken_off_the_call_phase() -> None:
     when the wait ended and lasts that much less; other phases are left alone."""
     import types
 
-    from tach.forward import Forwarder
+    from pytest_tach.forward import Forwarder
 
     fw = Forwarder(types.SimpleNamespace())  # type: ignore[arg-type]  # its config is not used here
     for when, waited, expected in (("call", 2.0, (102.0, 0.25, 0.0)), ("setup", 2.0, (100.0, 2.25, 2.0)),

@@ -1,4 +1,4 @@
-// Command core is the CPython extension module tach._core, built with
+// Command core is the CPython extension module pytest_tach._core, built with
 // -buildmode=c-shared. shim.c defines the module (multi-phase init, and the
 // Py_mod_gil slot so free-threaded CPython keeps the GIL disabled); every Python-level
 // function funnels into tachCall below with the GIL released.
@@ -230,7 +230,7 @@ func (r *sliceReader) Read(p []byte) (int, error) {
 func tachCall(method C.int, in *C.char, inLen C.size_t, out **C.char, outLen *C.size_t) (status C.int) {
 	defer func() {
 		if r := recover(); r != nil {
-			status = setOut(out, outLen, []byte(fmt.Sprintf("tach._core: internal error: %v", r)), statusError)
+			status = setOut(out, outLen, []byte(fmt.Sprintf("pytest_tach._core: internal error: %v", r)), statusError)
 		}
 	}()
 	var input []byte

@@ -1,9 +1,9 @@
-/* The CPython side of tach._core.
+/* The CPython side of pytest_tach._core.
  *
  * Hand-written rather than generated (gopy) so that it can declare what a generator
  * would not: multi-phase initialisation and, on free-threaded builds, the Py_mod_gil
  * slot. Without that slot, importing this module on 3.13t prints "The global
- * interpreter lock (GIL) has been enabled to load module 'tach._core'" and the GIL stays
+ * interpreter lock (GIL) has been enabled to load module 'pytest_tach._core'" and the GIL stays
  * on for the whole process -- the opposite of what tach exists for.
  *
  * Every function releases the GIL (detaches its thread state on free-threaded builds)
@@ -158,7 +158,7 @@ static PyModuleDef_Slot core_slots[] = {
 
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "tach._core",
+    .m_name = "pytest_tach._core",
     .m_doc = "tach's Go core: kernel probes, frame validation and (later) supervision.",
     .m_size = 0,
     .m_methods = core_methods,

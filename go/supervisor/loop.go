@@ -347,7 +347,7 @@ func (s *Supervisor) Poll(timeout time.Duration) (evs []Event, ended bool) {
 	evs, s.events = s.events, nil
 	// The end event is the last one queued, with ended set at once (end): ended means
 	// the caller now has every event. (Waiting for a Poll that returns none after the
-	// end kept a finished run registered in tach._core when the caller stopped at the
+	// end kept a finished run registered in pytest_tach._core when the caller stopped at the
 	// end event, and the next in-process run was refused.)
 	ended = s.ended
 	s.releaseEvFD()

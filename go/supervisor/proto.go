@@ -1,7 +1,7 @@
 // The protocol between tach's processes, written down once: the frames zygotes and
 // runners send (schema, validated on every frame), the commands the supervisor sends
 // them (typed structs), and the events Poll returns to the main process (events).
-// python/tach/protocol.py is the Python side; tests/unit/test_protocol.py fails if the
+// python/pytest_tach/protocol.py is the Python side; tests/unit/test_protocol.py fails if the
 // two disagree (it reads this side through Protocol, exported by go/core).
 //
 // Channels, each a unix socket in the run's private directory (4-byte big-endian
@@ -31,7 +31,7 @@
 //	     | <------------------- rest (a reusable process: restored, keeps the connection)
 //
 // The zygote <-> reusable test process exchange is the zygote's own (a socketpair):
-// python/tach/forked/sources.py draws it.
+// python/pytest_tach/forked/sources.py draws it.
 
 package supervisor
 

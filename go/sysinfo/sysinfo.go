@@ -3,7 +3,7 @@
 // use it), with the reason. Probes act for real: a feature is OK only when the call
 // worked on a live target, not because a header or a version number says it should.
 // Snapshot/restore is not probed here: the restore extension probes it itself
-// (tach._reset.probe, reported by tach.snapshot), so that `tach self-test` and
+// (pytest_tach._reset.probe, reported by pytest_tach.snapshot), so that `pytest-tach self-test` and
 // `--tach-reset auto` ask the same question the same way.
 package sysinfo
 

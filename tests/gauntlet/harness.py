@@ -53,7 +53,7 @@ def pytest_runtest_logreport(report):
 #: a frame of tach's own code in a traceback (a module of the package: a directory named
 #: tach higher up, such as the default cache ~/.cache/tach/venv/..., is not one), or
 #: tach's last-resort message
-TACH_TRACEBACK = re.compile(r'File "[^"]*/tach/(?:forked/|stress/)?[^"/]*\.py", line \d+|tach: internal error')
+TACH_TRACEBACK = re.compile(r'File "[^"]*/pytest_tach/(?:forked/|stress/)?[^"/]*\.py", line \d+|tach: internal error')
 
 #: how long a run's processes may take to go once its main process is gone: a bound for
 #: a loaded machine, not a measure (the bench keeps times)

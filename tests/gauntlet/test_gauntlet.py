@@ -154,7 +154,7 @@ def test_a_reused_process_killed_while_it_restores(suite: Path, die_at: int) -> 
     through its die_at-th restore, its memory half put back (tach's fault point,
     TACH_FAULT_RESTORE): the test it ran keeps its outcome, the next runs in a fresh
     process, and the processes that do restore hand each test memory as it was."""
-    from tach import _reset
+    from pytest_tach import _reset
 
     if _reset.probe() is not None:
         pytest.skip(f"snapshot/restore: {_reset.probe()}")

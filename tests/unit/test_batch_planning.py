@@ -1,11 +1,11 @@
-"""Unit tests: zygote chains and batches from a collected suite (tach.plan), on items
+"""Unit tests: zygote chains and batches from a collected suite (pytest_tach.plan), on items
 collected in process by pytester."""
 
 from __future__ import annotations
 
 import pytest
 
-from tach import plan
+from pytest_tach import plan
 
 pytest_plugins = ["pytester"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tach import replay
+from pytest_tach import replay
 
 ITEM: Any = SimpleNamespace(nodeid="tests/test_x.py::test_y")
 
@@ -40,7 +40,7 @@ def test_a_malformed_frame_is_named_instead_of_the_exit_status(tmp_path: Path) -
 def test_the_stack_dump_is_cut_where_tachs_runner_begins(tmp_path: Path) -> None:
     """faulthandler's frames below the test (tach's runner, pytest's loop) are the same for
     every test: they are cut, per thread, at the first frame in the runner's module."""
-    from tach.forked import runner
+    from pytest_tach.forked import runner
 
     runner_file = runner.__file__
     (tmp_path / "r3.tb").write_text(
@@ -85,7 +85,7 @@ def _raised(exc: BaseException) -> BaseException:
 def test_a_broken_connection_to_tach_is_put_on_the_test() -> None:
     import errno
 
-    from tach.forked import process
+    from pytest_tach.forked import process
 
     cause = process.fatal_cause(_raised(OSError(errno.EBADF, "Bad file descriptor")))
     assert "connection to tach broke" in cause and "file descriptors it did not open" in cause
@@ -93,7 +93,7 @@ def test_a_broken_connection_to_tach_is_put_on_the_test() -> None:
 
 
 def test_any_other_fault_is_named_as_tach_s_without_a_traceback() -> None:
-    from tach.forked import process
+    from pytest_tach.forked import process
 
     cause = process.fatal_cause(_raised(ValueError("bad value")))
     assert cause.startswith("a fault in tach") and "ValueError: bad value" in cause

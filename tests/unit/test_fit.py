@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tach import fit, frames
+from pytest_tach import fit, frames
 
 
 def _report(**big: object) -> dict[str, object]:

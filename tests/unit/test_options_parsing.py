@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tach import options
+from pytest_tach import options
 
 
 @pytest.mark.parametrize(("value", "minimum", "want"), [("3", 1, 3), (" 0 ", 0, 0), (2, 1, 2), ("7", 0, 7)])

@@ -1,4 +1,4 @@
-"""The protocol is written down once per side (python/tach/protocol.py, go/supervisor/
+"""The protocol is written down once per side (python/pytest_tach/protocol.py, go/supervisor/
 proto.go); these tests fail when the two sides' message lists or fields differ, or when
 what Python builds or handles is not what its table says."""
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tach import _native, protocol
-from tach.controller import Controller, RunResult
+from pytest_tach import _native, protocol
+from pytest_tach.controller import Controller, RunResult
 
 KINDS: dict[str, Any] = {"string": str, "int": int, "bool": bool, "map": dict, "list": list, "bytes": bytes,
                          "number": (int, float)}

@@ -1,12 +1,12 @@
 """Unit tests: how many threads and iterations a test gets in stress mode, and why it
-runs single-threaded (tach.stress.plan and .unsafe), on items collected in process."""
+runs single-threaded (pytest_tach.stress.plan and .unsafe), on items collected in process."""
 
 from __future__ import annotations
 
 import pytest
 
-from tach.stress import unsafe
-from tach.stress.plan import Plan, plan_for
+from pytest_tach.stress import unsafe
+from pytest_tach.stress.plan import Plan, plan_for
 
 pytest_plugins = ["pytester"]
 
