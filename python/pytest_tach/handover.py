@@ -22,7 +22,10 @@ MAIN_ONLY = ("pytest_reportlog.plugin.ReportLogPlugin",)
 
 
 def add_hookspecs(pluginmanager: pytest.PytestPluginManager) -> None:
-    pluginmanager.add_hookspecs(hooks)
+    """Once per plugin manager: the package is loaded in every run (an entry point), and
+    a conftest that drives tach's forked side itself adds them too."""
+    if not hasattr(pluginmanager.hook, "pytest_tach_forked"):
+        pluginmanager.add_hookspecs(hooks)
 
 
 def addini(parser: pytest.Parser) -> None:
