@@ -32,6 +32,7 @@ MUTATE = """
             "sigusr1": signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL,
             "fds": sorted(int(f) for f in os.listdir("/proc/self/fd")),
             "imported": "wave" in sys.modules,
+            "wave_mark": getattr(sys.modules.get("wave"), "TACH_MARK", None),
             "umask": os.umask(0o22),
         }
 
@@ -52,7 +53,8 @@ MUTATE = """
         os.chdir(tmp_path)
         signal.signal(signal.SIGUSR1, lambda *a: None)
         os.open(__file__, os.O_RDONLY)
-        import wave  # a module not imported before
+        import wave  # a module not imported before (carried into the snapshot: see below)
+        wave.TACH_MARK = i
         blob = bytearray(8 << 20)  # a mapping of its own (malloc's mmap threshold)
         m = mmap.mmap(-1, 1 << 20)
         garbage = [object() for _ in range(100000)]  # new obmalloc arenas, then freed
@@ -69,11 +71,61 @@ def test_each_test_sees_the_process_as_forked(pytester: pytest.Pytester) -> None
     assert len(seen) == 8
     first = seen[0]
     assert len({s["pid"] for s in seen}) < 8, "no process was reused: the test proves nothing"
+    pids: set[int] = set()
     for s in seen:
         assert s["state"] == [] and s["shared"] == 0 and s["env"] is None
-        assert s["cwd"] == first["cwd"] and s["sigusr1"] and not s["imported"]
+        assert s["cwd"] == first["cwd"] and s["sigusr1"]
         assert s["fds"] == first["fds"], "an fd opened by an earlier test is still open"
         assert s["umask"] == first["umask"]
+        # A module an earlier test of the process imported is imported (carried into its
+        # snapshot, as in plain pytest), untouched by that test.
+        assert s["imported"] == (s["pid"] in pids) and s["wave_mark"] is None
+        pids.add(s["pid"])
+
+
+def test_modules_a_test_imported_are_carried_into_the_snapshot(pytester: pytest.Pytester) -> None:
+    """A module a test imports lazily is imported again for each later test of the
+    process only if it cannot be carried: the process imports it once more after its
+    restore and snapshots there. Not one the test imported from a directory of its own."""
+    pytester.makepyfile(lazymod="""
+        import os
+        with open(os.path.join(os.path.dirname(__file__), "imports.log"), "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        STATE = []
+    """)
+    pytester.makepyfile(test_lazy="""
+        import json, os, sys, pytest
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_lazy(i, tmp_path):
+            seen = {"pid": os.getpid(), "had": "lazymod" in sys.modules, "tmpmod": "tmpmod" in sys.modules,
+                    "setup": "setup" in sys.modules}
+            import lazymod
+            seen["state"] = list(lazymod.STATE)
+            lazymod.STATE.append(i)
+            # one it cannot carry: its directory is gone from sys.path after the restore,
+            # and one that would find another file then (the project's setup.py: not run)
+            (tmp_path / "tmpmod.py").write_text("X = 1\\n")
+            (tmp_path / "setup.py").write_text("Y = 1\\n")
+            sys.path.insert(0, str(tmp_path))
+            import setup, tmpmod
+            with open(os.path.join(os.path.dirname(__file__), "seen.jsonl"), "a") as f:
+                f.write(json.dumps(seen) + "\\n")
+    """)
+    pytester.makepyfile(setup="open(__file__ + '.ran', 'w').close()")
+    r = run(pytester)
+    r.assert_outcomes(passed=6)
+    seen = [json.loads(line) for line in (pytester.path / "seen.jsonl").read_text().splitlines()]
+    imports = (pytester.path / "imports.log").read_text().split()
+    assert len({s["pid"] for s in seen}) < 6, "no process was reused: the test proves nothing"
+    pids: set[int] = set()
+    for s in seen:
+        assert s["had"] == (s["pid"] in pids) and s["state"] == [] and not s["tmpmod"] and not s["setup"]
+        pids.add(s["pid"])
+    # each process: its first test's import, then the one carried into its snapshot
+    assert all(imports.count(str(pid)) <= 2 for pid in pids), imports
+    assert len(imports) < len(seen)
+    assert not (pytester.path / "setup.py.ran").exists()
 
 
 def test_pages_left_unprotected_are_still_put_back(pytester: pytest.Pytester) -> None:

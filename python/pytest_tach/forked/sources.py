@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from pytest_tach import frames, protocol
 from pytest_tach.forked import scopes
+from pytest_tach.forked.carry import Carry
 from pytest_tach.forked.process import Context, connect, readable, report_fatal
 from pytest_tach.forked.runner import Runner, produced_of
 
@@ -348,12 +349,14 @@ def serve_reusable(z: Owner, ctl: socket.socket, job: dict[str, Any]) -> None:
     # "take" on it instead of connecting anew (see the supervisor's rest/take).
     rconn = connect(ctx.sock_path)  # failing: report_fatal, like any error here
     rconn.settimeout(None)  # the kernel's blocking flag is not restored: keep it fixed
+    carry = Carry()
     try:
         restores = _reset.snapshot()
     except (_reset.ResetUnavailable, OSError) as e:
         frames.send(ctl, protocol.noreset(str(e)))
         restores = -1
     if restores > 0:
+        carry.settle(_reset)  # what the last test imported: into the snapshot
         try:
             frames.send(ctl, protocol.restored())
             taken = frames.recv(ctl)
@@ -385,6 +388,7 @@ def serve_reusable(z: Owner, ctl: socket.socket, job: dict[str, Any]) -> None:
     try:
         frames.send(rconn, protocol.rest())
         frames.send(ctl, protocol.rested(ru1.ru_maxrss, ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime))
+        carry.note()
         _reset.restore()  # does not return: snapshot() above returns again
     except (OSError, _reset.ResetUnavailable):
         pass  # the zygote is done with this process, or it cannot be restored
