@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 from importlib import metadata
-from types import ModuleType
 
 DISTRIBUTION = "pytest-tach"
 
@@ -42,7 +41,7 @@ def _other_plugin() -> object | None:
     return None
 
 
-plugin: object | ModuleType | None = _other_plugin()
+plugin: object | None = _other_plugin()
 if plugin is None:
     pytest_plugins = ["pytest_tach"]
     plugin = sys.modules[__name__]

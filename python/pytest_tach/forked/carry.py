@@ -86,14 +86,11 @@ class Carry:
             todo = [(str(n), o) for n, o in msg.get("new", ())]
             if not todo:
                 return
-            rejected = list(msg.get("rejected", ()))
-            self._write({"rejected": rejected})  # taken
             todo, gone = _findable(todo)
-            failed = gone + _import(todo)
-            if failed:
-                rejected += failed
-                self._write({"rejected": rejected})
-            if len(failed) > len(gone):
+            broken = _import(todo)
+            # "new" taken; what cannot be carried is not tried again in this process
+            self._write({"rejected": [*msg.get("rejected", ()), *gone, *broken]})
+            if broken:
                 # An import failed midway, or started a thread: undo what the imports did;
                 # the others are carried after the next test that imports them.
                 _back(reset)
