@@ -26,10 +26,12 @@ def test_version_reports_go_runtime_and_abi() -> None:
 
 
 def test_extension_is_built_for_this_interpreter() -> None:
+    """GIL builds: the limited API (abi3); free-threaded ones: this version's own ABI."""
     import sysconfig
 
     core = _native.core()
-    assert core.__file__.endswith(sysconfig.get_config_var("EXT_SUFFIX"))
+    ft = sysconfig.get_config_var("Py_GIL_DISABLED")
+    assert core.__file__.endswith(sysconfig.get_config_var("EXT_SUFFIX") if ft else ".abi3.so")
     assert core.FREE_THREADED_BUILD == int(bool(sysconfig.get_config_var("Py_GIL_DISABLED")))
 
 

@@ -20,26 +20,48 @@ pytestmark = pytest.mark.skipif(not BACKEND.exists(), reason="needs tach's sourc
 
 
 @pytest.fixture
-def backend():
+def backend(monkeypatch: pytest.MonkeyPatch):
     spec = importlib.util.spec_from_file_location("tach_build_under_test", BACKEND)
     mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)  # (dataclasses look their module up)
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_wheel_tag_names_interpreter_abi_and_platform(backend) -> None:
-    tag = backend.wheel_tag()
-    py = f"cp{sys.version_info[0]}{sys.version_info[1]}"
-    t = "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""
-    assert tag == f"{py}-{py}{t}-{sysconfig.get_platform().replace('-', '_').replace('.', '_')}"
+    """GIL builds: the limited API of 3.10 (abi3); free-threaded ones: their own version."""
+    target = backend.native_target()
+    plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        py = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+        assert (target.tag, target.ext_suffix) == (f"{py}-{py}t-{plat}", sysconfig.get_config_var("EXT_SUFFIX"))
+    else:
+        assert (target.tag, target.ext_suffix) == (f"cp310-abi3-{plat}", ".abi3.so")
+        assert "-DPy_LIMITED_API=0x030a0000" in target.interpreter.cflags()
 
 
 def test_missing_go_is_a_clear_error(backend, monkeypatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("TACH_GO", raising=False)
     monkeypatch.setattr(backend.os.path, "exists", lambda p: False)
-    with pytest.raises(backend.BuildError, match=r"needs the Go toolchain.*TACH_GO"):
+    with pytest.raises(backend.BuildError, match=r"Go >= 1\.22, .*no `go` on PATH.*TACH_GO"):
         backend._find_go()
+
+
+def test_everything_missing_is_named_at_once(backend, monkeypatch, tmp_path) -> None:
+    """A build from the sdist on a machine without Go, a compiler or the headers: one
+    message lists all three, and says that a wheel is the usual way."""
+    monkeypatch.setenv("TACH_GO", str(tmp_path / "go"))
+    interp = backend.Interpreter(version=(3, 11), free_threaded=False, includes=(str(tmp_path),),
+                                 ext_suffix=".so", platform="linux-x86_64")
+    target = backend.Target(interpreter=interp, platform="linux_x86_64", ext_suffix=".abi3.so",
+                            cc=("no-such-cc",))
+    with pytest.raises(backend.BuildError) as e:
+        backend.preflight(target)
+    msg = str(e.value)
+    assert msg.startswith("pytest-tach cannot be built from source here")
+    assert "TACH_GO=" in msg and "`no-such-cc` was not found" in msg and "no Python.h in" in msg
+    assert "prebuilt wheel" in msg
 
 
 def test_too_old_go_is_a_clear_error(backend, tmp_path) -> None:
@@ -88,11 +110,12 @@ def test_wheel_installs_into_a_brand_new_venv(wheel: Path, tmp_path: Path) -> No
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         wheel_meta = zf.read(next(n for n in names if n.endswith(".dist-info/WHEEL"))).decode()
-    ext = sysconfig.get_config_var("EXT_SUFFIX")
-    assert f"pytest_tach/_core{ext}" in names
+    ft = sysconfig.get_config_var("Py_GIL_DISABLED")
+    ext = sysconfig.get_config_var("EXT_SUFFIX") if ft else ".abi3.so"
+    assert {f"pytest_tach/_core{ext}", f"pytest_tach/_reset{ext}"} <= set(names)
     assert not any(n.endswith(".h") or "__pycache__" in n for n in names)
     py = f"cp{sys.version_info[0]}{sys.version_info[1]}"
-    assert f"Tag: {py}-{py}" in wheel_meta
+    assert (f"Tag: {py}-{py}t-" if ft else "Tag: cp310-abi3-") in wheel_meta
 
     vpy = _venv(tmp_path / "venv")
     subprocess.run([str(vpy), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)

@@ -66,42 +66,44 @@ core_protocol(PyObject *module, PyObject *unused)
     return call_go(METHOD_PROTOCOL, NULL, 0);
 }
 
-/* A method taking one bytes-like argument (msgpack for the engine methods). */
+/* A method taking one bytes argument (msgpack for the engine methods). "y#" rather than
+ * PyObject_GetBuffer: the buffer calls joined the limited API only in 3.11, and this file
+ * stays inside 3.10's so one abi3 build serves every GIL CPython (docs/building.md). "y#"
+ * takes bytes and the read-only buffers that need no release; the caller holds a
+ * reference to the immutable object for the whole call, so Go may copy from it with the
+ * GIL released. */
 static PyObject *
-call_go_buffer(int method, PyObject *arg)
+call_go_bytes(int method, PyObject *arg)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+    const char *buf;
+    Py_ssize_t len;
+    if (!PyArg_Parse(arg, "y#", &buf, &len))
         return NULL;
-    /* The exported buffer cannot be resized while we hold it, so Go may copy it
-     * with the GIL released. */
-    PyObject *res = call_go(method, view.buf, view.len);
-    PyBuffer_Release(&view);
-    return res;
+    return call_go(method, buf, len);
 }
 
 static PyObject *
 core_frames(PyObject *module, PyObject *arg)
 {
-    return call_go_buffer(METHOD_FRAMES, arg);
+    return call_go_bytes(METHOD_FRAMES, arg);
 }
 
 static PyObject *
 core_start(PyObject *module, PyObject *arg)
 {
-    return call_go_buffer(METHOD_START, arg);
+    return call_go_bytes(METHOD_START, arg);
 }
 
 static PyObject *
 core_poll(PyObject *module, PyObject *arg)
 {
-    return call_go_buffer(METHOD_POLL, arg);
+    return call_go_bytes(METHOD_POLL, arg);
 }
 
 static PyObject *
 core_stop(PyObject *module, PyObject *arg)
 {
-    return call_go_buffer(METHOD_STOP, arg);
+    return call_go_bytes(METHOD_STOP, arg);
 }
 
 static PyMethodDef core_methods[] = {
@@ -132,6 +134,14 @@ static PyMethodDef core_methods[] = {
 static int
 core_exec(PyObject *module)
 {
+    /* The Go runtime (and the supervisor's state) is one per process. The
+     * Py_mod_multiple_interpreters slot below says so to 3.12+, but it is outside the
+     * limited API of the abi3 build; this check holds in every build. */
+    if (PyInterpreterState_GetID(PyInterpreterState_Get()) != 0) {
+        PyErr_SetString(PyExc_ImportError,
+                        "pytest_tach._core can be imported only in the main interpreter");
+        return -1;
+    }
 #ifdef Py_GIL_DISABLED
     if (PyModule_AddIntConstant(module, "FREE_THREADED_BUILD", 1) < 0)
         return -1;
@@ -145,7 +155,7 @@ core_exec(PyObject *module)
 static PyModuleDef_Slot core_slots[] = {
     {Py_mod_exec, core_exec},
 #ifdef Py_mod_multiple_interpreters
-    /* The Go runtime (and later the supervisor's state) is one per process. */
+    /* (see core_exec) */
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
 #endif
 #if defined(Py_GIL_DISABLED) && !defined(TACH_OMIT_GIL_SLOT)

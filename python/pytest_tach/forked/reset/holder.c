@@ -18,6 +18,7 @@
 #include "reset.h"
 
 #include <poll.h>
+#include <sched.h>
 #include <sys/prctl.h>
 
 #ifndef SYS_clone3
