@@ -4,9 +4,11 @@
 #
 #   make demo        set up and run tach on the bundled example suite
 #   make test        everything CI runs: Go checks, lint, pytest on this CPython, on every
-#                    other CPython pyenv has (3.10, 3.12, 3.13 here) and on 3.13t
+#                    other CPython pyenv has (3.10, 3.12, 3.13 here) and on 3.13t; the
+#                    release wheels installed without Go on each of them
 #   make lint        ruff on the Python code, mypy --strict on the package (pyproject.toml)
 #   make python-ft   build (or reuse) the free-threaded CPython
+#   make wheels      the release: sdist + manylinux wheels (x86_64, aarch64), checked -> dist/
 #   make dev         editable install into the env of $(PYTHON)
 #   make ext         rebuild the Go extension in place (after `make dev`)
 #   make bench       synthetic suites: tach vs pytest, xdist, forked, pytest-zygote; memory; coverage's cost -> docs/benchmarks.md
@@ -30,9 +32,9 @@ MORE_PYTHONS ?= $(sort $(wildcard $(PYENV_ROOT)/versions/3.1[0-9].*/bin/python3)
 export GOTOOLCHAIN := local
 export TACH_CACHE
 
-.PHONY: test go-check lint py-test gauntlet py-test-more py-test-ft python-ft demo dev ext bench parity soak clean
+.PHONY: test go-check lint py-test gauntlet py-test-more py-test-ft wheels wheels-check python-ft demo dev ext bench parity soak clean
 
-test: go-check lint py-test gauntlet py-test-more py-test-ft
+test: go-check lint py-test gauntlet py-test-more py-test-ft wheels-check
 	@echo "make test: all checks passed"
 
 go-check:
@@ -74,6 +76,29 @@ py-test-more:
 
 python-ft:
 	@build/python-ft.sh
+
+# The release artifacts (build/release/wheels.py): the sdist and manylinux2014 wheels for
+# x86_64 and aarch64 (abi3 for GIL CPython >= 3.10, cp313t), each checked by auditwheel,
+# abi3audit, its ELF headers and twine. WHEELS_ARGS passes options, e.g. --arch x86_64.
+WHEELS_DIR ?= dist
+WHEELS_ARGS ?=
+wheels:
+	ft=$$(build/python-ft.sh); tools=$$(build/venv.sh $(PYTHON) "" build/release/requirements.txt); \
+	$$tools build/release/wheels.py --ft-python $$ft --out $(WHEELS_DIR) $(WHEELS_ARGS)
+
+# The same artifacts (kept under $(TACH_CACHE)/wheels while their inputs do not change),
+# installed from the x86_64 wheels with no Go on PATH into fresh venvs of every CPython
+# here, 3.13t included, and the aarch64 abi3 wheel run by Debian's arm64 CPython under
+# qemu-user (build/release/emulated.py, kept in $(TACH_CACHE)/aarch64): tests/wheels.
+wheels-check:
+	ft=$$(build/python-ft.sh); tools=$$(build/venv.sh $(PYTHON) "" build/release/requirements.txt); \
+	out=$(TACH_CACHE)/wheels/last; rm -rf $$out; \
+	$$tools build/release/wheels.py --ft-python $$ft --out $$out --cache $(TACH_CACHE)/wheels; \
+	emulated=$$($$tools build/release/emulated.py $(TACH_CACHE)/aarch64); \
+	py=$$(build/venv.sh $(PYTHON)); \
+	echo "== the wheels in fresh venvs of every CPython here, and the aarch64 one under qemu-user"; \
+	TACH_WHEELS=$$out TACH_WHEEL_PYTHONS="$(PYTHON) $(MORE_PYTHONS) $$ft" TACH_EMULATED=$$emulated \
+		$$py -m pytest tests/wheels $(PYTEST_ARGS)
 
 py-test-ft:
 	ft=$$(build/python-ft.sh); py=$$(build/venv.sh $$ft); \
