@@ -110,6 +110,9 @@ def prepare(root: Path) -> Path:
     root.mkdir(parents=True)
     release = _release(root)
     _unpack_deb(_package(_index(release, "amd64"), "qemu-user-static"), root / "qemu")
+    for other in (root / "qemu").rglob("*"):  # one emulator of the package's ~30 (400 MB)
+        if other.is_file() and other.name != "qemu-aarch64-static":
+            other.unlink()
     arm64 = _index(release, "arm64")
     for pkg in SYSROOT:
         _unpack_deb(_package(arm64, pkg), root / "sysroot")
