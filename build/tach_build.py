@@ -286,9 +286,13 @@ def check_go(go: str) -> str:
     return out
 
 
-def preflight(target: Target) -> str:
+def preflight(target: Target, system: str = sys.platform) -> str:
     """Check everything a build needs at once; return the go binary. A BuildError names
     all that is missing, so a user installs it in one go rather than one per attempt."""
+    if not system.startswith("linux"):
+        # (pip chose the sdist because no wheel fits; a compiler error would say less)
+        raise BuildError(f"pytest-tach runs on Linux only: its engine forks test processes and uses "
+                         f"pidfds and userfaultfd; this is {system}.")
     missing, go = [], ""
     try:
         go = _find_go()

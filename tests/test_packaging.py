@@ -48,6 +48,11 @@ def test_missing_go_is_a_clear_error(backend, monkeypatch) -> None:
         backend._find_go()
 
 
+def test_another_os_is_refused_before_any_compiler_runs(backend) -> None:
+    with pytest.raises(backend.BuildError, match=r"runs on Linux only: .* this is darwin"):
+        backend.preflight(backend.native_target(), system="darwin")
+
+
 def test_everything_missing_is_named_at_once(backend, monkeypatch, tmp_path) -> None:
     """A build from the sdist on a machine without Go, a compiler or the headers: one
     message lists all three, and says that a wheel is the usual way."""
