@@ -22,6 +22,9 @@ collect_ignore = [] if os.environ.get("TACH_WHEELS") else ["wheels"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+#: The file suffix of tach's extensions built for this interpreter: the limited API's on
+#: GIL builds, this version's own on free-threaded ones (docs/building.md).
+EXT_SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") if FREE_THREADED else ".abi3.so"
 
 #: The interpreters that run every mode of the slow matrices (coverage parity, plugin
 #: state): 3.11 (coverage.py's ctrace core) and 3.12 (its sysmon core); the others run
@@ -70,6 +73,13 @@ def run_python(*args: str, env: dict[str, str] | None = None, timeout: float = 1
     full_env.pop("PYTHON_GIL", None)  # tests must see the interpreter's default
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd)
+
+
+def installed_env(*drop: str) -> dict[str, str]:
+    """This environment for a run of an installed tach: nothing that points into the
+    checkout or changes how pytest and the interpreter start (and whatever `drop` names)."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("PYTHONPATH", "PYTHON_GIL", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", *drop)}
 
 
 def outcomes_by_test(junit_xml: os.PathLike[str] | str) -> dict[str, str]:

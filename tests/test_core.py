@@ -8,6 +8,7 @@ import threading
 import msgpack
 import pytest
 
+from conftest import EXT_SUFFIX
 from pytest_tach import _native
 
 
@@ -30,8 +31,7 @@ def test_extension_is_built_for_this_interpreter() -> None:
     import sysconfig
 
     core = _native.core()
-    ft = sysconfig.get_config_var("Py_GIL_DISABLED")
-    assert core.__file__.endswith(sysconfig.get_config_var("EXT_SUFFIX") if ft else ".abi3.so")
+    assert core.__file__.endswith(EXT_SUFFIX)
     assert core.FREE_THREADED_BUILD == int(bool(sysconfig.get_config_var("Py_GIL_DISABLED")))
 
 

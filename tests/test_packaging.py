@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import sysconfig
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FULL_MATRIX, REPO_ROOT
+from conftest import EXT_SUFFIX, FREE_THREADED, FULL_MATRIX, REPO_ROOT, installed_env
 
 BACKEND = REPO_ROOT / "build" / "tach_build.py"
 pytestmark = pytest.mark.skipif(not BACKEND.exists(), reason="needs tach's source tree")
@@ -105,27 +104,20 @@ def _venv(path: Path) -> Path:
     return path / "bin" / "python"
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if k not in ("PYTHONPATH", "PYTHON_GIL", "PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
-
-
 def test_wheel_installs_into_a_brand_new_venv(wheel: Path, tmp_path: Path) -> None:
     """`pip wheel .` -> a fresh venv -> `python -m pytest_tach self-test` runs from the wheel."""
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         wheel_meta = zf.read(next(n for n in names if n.endswith(".dist-info/WHEEL"))).decode()
-    ft = sysconfig.get_config_var("Py_GIL_DISABLED")
-    ext = sysconfig.get_config_var("EXT_SUFFIX") if ft else ".abi3.so"
-    assert {f"pytest_tach/_core{ext}", f"pytest_tach/_reset{ext}"} <= set(names)
+    assert {f"pytest_tach/_core{EXT_SUFFIX}", f"pytest_tach/_reset{EXT_SUFFIX}"} <= set(names)
     assert not any(n.endswith(".h") or "__pycache__" in n for n in names)
     py = f"cp{sys.version_info[0]}{sys.version_info[1]}"
-    assert (f"Tag: {py}-{py}t-" if ft else "Tag: cp310-abi3-") in wheel_meta
+    assert (f"Tag: {py}-{py}t-" if FREE_THREADED else "Tag: cp310-abi3-") in wheel_meta
 
     vpy = _venv(tmp_path / "venv")
     subprocess.run([str(vpy), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
     r = subprocess.run([str(vpy), "-m", "pytest_tach", "self-test", "--json"], capture_output=True,
-                       text=True, timeout=120, env=_env(), cwd=tmp_path)
+                       text=True, timeout=120, env=installed_env(), cwd=tmp_path)
     report = json.loads(r.stdout)
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert report["python"]["executable"] == str(vpy)
@@ -153,7 +145,7 @@ def test_installs_beside_pypis_tach(wheel: Path, tmp_path: Path, order: str) -> 
     installs = [[OTHER_TACH], [str(wheel)]]
     for what in installs if order == "theirs first" else installs[::-1]:
         subprocess.run([str(vpy), "-m", "pip", "install", "-q", *what], check=True, timeout=900)
-    env, cwd, version = _env(), tmp_path, wheel.name.split("-")[1]
+    env, cwd, version = installed_env(), tmp_path, wheel.name.split("-")[1]
 
     def run(*cmd: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(list(cmd), capture_output=True, text=True, timeout=300,

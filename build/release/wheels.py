@@ -76,8 +76,7 @@ def zig_cc(arch: str) -> tuple[str, ...]:
 def _tool_versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    go = subprocess.run([tach_build._find_go(), "env", "GOVERSION"], capture_output=True, text=True,
-                        check=True).stdout.strip()
+    go = tach_build.check_go(tach_build._find_go())
     return {"go": go, **{d: version(d) for d in ("ziglang", "auditwheel", "abi3audit", "twine")}}
 
 
